@@ -1,0 +1,518 @@
+"""Settings for both node types.
+
+Every setting is an ``AUTOPUSH_*`` environment variable (SPEC §8), optionally
+mirrored in an ini file named by ``AUTOPUSH_CONFIG_FILE`` (the environment
+wins). One marshmallow schema, generated from the ``Settings`` dataclass,
+validates them, so the names, defaults, validation and the README reference
+can never disagree. A bad value stops start-up with one line naming the
+variable and the problem.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import json
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.fernet import Fernet
+from marshmallow import Schema, ValidationError, fields, validate
+
+PREFIX = "AUTOPUSH_"
+CONFIG_FILE_VARIABLE = "AUTOPUSH_CONFIG_FILE"
+INI_SECTION = "autopush"
+
+CONNECTION = "connection"
+ENDPOINT = "endpoint"
+NODE_TYPES = (CONNECTION, ENDPOINT)
+
+# Defaults that differ by node type (SPEC §8.1, §8.2, §8.3).
+NODE_DEFAULTS: dict[str, dict[str, str]] = {
+    CONNECTION: {"AUTOPUSH_PORT": "8080", "AUTOPUSH_STATSD_PREFIX": "autoconnect"},
+    ENDPOINT: {"AUTOPUSH_PORT": "8082", "AUTOPUSH_STATSD_PREFIX": "autoendpoint"},
+}
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+TRUTHY = {"true", "1", "yes"}
+FALSY = {"false", "0", "no"}
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line fit for an operator."""
+
+
+# --------------------------------------------------------------------------
+# Field types for the spellings operators use
+# --------------------------------------------------------------------------
+
+
+class CommaList(fields.Field):
+    """A list given as ``k1,k2``, ``[k1,k2]`` or ``"k1","k2"`` (SPEC §8)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[str, ...]:
+        if isinstance(value, (list, tuple)):
+            items = [str(item) for item in value]
+        elif isinstance(value, str):
+            items = value.strip().strip("[]").split(",")
+        else:
+            raise ValidationError("Not a valid list.")
+        cleaned = (item.strip().strip("'\"").strip() for item in items)
+        return tuple(item for item in cleaned if item)
+
+
+class Flag(fields.Boolean):
+    """A boolean spelled ``true/false``, ``1/0`` or ``yes/no``."""
+
+    truthy = TRUTHY
+    falsy = FALSY
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if isinstance(value, str):
+            value = value.strip().lower()
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class JsonObject(fields.Field):
+    """A JSON object given as text (credentials maps for the bridges)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        try:
+            parsed = json.loads(value)
+        except (TypeError, ValueError) as error:
+            raise ValidationError(f"Not valid JSON ({error}).") from error
+        if not isinstance(parsed, dict):
+            raise ValidationError("Must be a JSON object.")
+        return parsed
+
+
+class OptionalText(fields.String):
+    """Text where an empty value means "not set"."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str | None:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text.strip() or None
+
+
+def _validate_fernet_keys(keys: tuple[str, ...]) -> None:
+    for key in keys:
+        try:
+            Fernet(key.encode())
+        except (ValueError, TypeError) as error:
+            raise ValidationError(
+                "Each key must be a 44-character URL-safe base64 Fernet key."
+            ) from error
+
+
+def _validate_object_of_objects(value: dict) -> None:
+    for name, entry in value.items():
+        if not isinstance(entry, dict):
+            raise ValidationError(f"Entry {name!r} must be a JSON object.")
+
+
+def _validate_fcm_credentials(value: dict) -> None:
+    _validate_object_of_objects(value)
+    for app_id, entry in value.items():
+        missing = [key for key in ("project_id", "credential") if not entry.get(key)]
+        if missing:
+            raise ValidationError(f"Entry {app_id!r} lacks {', '.join(missing)}.")
+
+
+PORT = validate.Range(min=1, max=65535)
+NON_NEGATIVE = validate.Range(min=0)
+POSITIVE = validate.Range(min=1)
+
+
+# --------------------------------------------------------------------------
+# The settings
+# --------------------------------------------------------------------------
+
+
+def setting(
+    field: fields.Field, doc: str, scope: str = "both", default_doc: str | None = None
+) -> Any:
+    """Declare one setting: its marshmallow field, README text and node scope."""
+    return dataclasses.field(
+        metadata={"field": field, "doc": doc, "scope": scope, "default_doc": default_doc}
+    )
+
+
+def _text(default: str | None = None, **kwargs: Any) -> fields.Field:
+    if default is None:
+        return OptionalText(load_default=None, **kwargs)
+    return fields.String(load_default=default, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; attribute names are the variables without ``AUTOPUSH_``."""
+
+    node_type: str
+    # ---- shared (SPEC §8.1)
+    crypto_keys: tuple[str, ...] = setting(
+        CommaList(load_default=(), validate=_validate_fernet_keys),
+        "Fernet keys, newest first. The first encrypts; all decrypt. Must be identical on all nodes.",
+        default_doc="generated at start-up (development only)",
+    )
+    env: str = setting(_text("development"), "Environment name, echoed as `env` in the hello reply.")
+    hostname: str = setting(_text(), "Name this node announces.", default_doc="system hostname")
+    resolve_hostname: bool = setting(
+        Flag(load_default=False), "Replace the hostname by its first IPv4 address."
+    )
+    endpoint_scheme: str = setting(
+        _text("http", validate=validate.OneOf(["http", "https"])),
+        "Scheme of generated endpoint URLs.",
+    )
+    endpoint_hostname: str = setting(
+        _text(), "Host of generated endpoint URLs.", default_doc="`AUTOPUSH_HOSTNAME`"
+    )
+    endpoint_port: int = setting(
+        fields.Integer(load_default=8082, validate=PORT),
+        "Port of generated endpoint URLs (omitted when default for the scheme).",
+    )
+    endpoint_url: str = setting(
+        _text(),
+        "Full override of the endpoint scheme, host and port; also the expected VAPID `aud`.",
+        default_doc="derived",
+    )
+    router_table: str = setting(_text("router"), "Router table name.")
+    message_table: str = setting(_text("message"), "Message table name (rotation mode: prefix).")
+    router_read_throughput: int = setting(
+        fields.Integer(load_default=5, validate=POSITIVE), "Read capacity of a new router table."
+    )
+    router_write_throughput: int = setting(
+        fields.Integer(load_default=5, validate=POSITIVE), "Write capacity of a new router table."
+    )
+    message_read_throughput: int = setting(
+        fields.Integer(load_default=5, validate=POSITIVE), "Read capacity of new message tables."
+    )
+    message_write_throughput: int = setting(
+        fields.Integer(load_default=5, validate=POSITIVE), "Write capacity of new message tables."
+    )
+    create_tables: bool = setting(Flag(load_default=True), "Create missing tables at start-up.")
+    table_rotation: bool = setting(
+        Flag(load_default=False), "Monthly message-table rotation (legacy layout, SPEC §7.7)."
+    )
+    ddb_endpoint: str | None = setting(
+        _text(), "DynamoDB endpoint override (local DynamoDB).", default_doc="AWS"
+    )
+    statsd_host: str | None = setting(
+        fields.String(load_default="localhost"), "statsd host; empty disables metrics."
+    )
+    statsd_port: int = setting(fields.Integer(load_default=8125, validate=PORT), "statsd UDP port.")
+    statsd_prefix: str = setting(
+        _text(), "Metric name prefix.", default_doc="`autoconnect` / `autoendpoint`"
+    )
+    statsd_tags: bool = setting(
+        Flag(load_default=False), "Add tags to metrics in DogStatsD syntax (`\\|#k:v`)."
+    )
+    log_level: str = setting(
+        fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS)),
+        "`debug`, `info`, `warning`, `error` or `critical`.",
+    )
+    human_logs: bool = setting(
+        Flag(load_default=False), "Plain-text logs instead of JSON lines."
+    )
+    max_data: int = setting(
+        fields.Integer(load_default=4096, validate=POSITIVE), "Maximum raw push body in bytes."
+    )
+    ssl_key: str | None = setting(_text(), "TLS key for the public listener.", default_doc="none")
+    ssl_cert: str | None = setting(_text(), "TLS certificate for the public listener.", default_doc="none")
+    ssl_dh_param: str | None = setting(_text(), "DH parameters for the public listener.", default_doc="none")
+    # ---- both, but with node-specific defaults
+    port: int = setting(
+        fields.Integer(validate=PORT),
+        "Public listening port (WebSocket on a connection node, HTTP on an endpoint node).",
+        default_doc="8080 / 8082",
+    )
+    node_connect_timeout: float = setting(
+        fields.Float(load_default=1.0, validate=NON_NEGATIVE),
+        "Seconds to connect to another node's router port.",
+    )
+    # ---- connection node (SPEC §8.2)
+    router_hostname: str = setting(
+        _text(),
+        "Host used in `node_id`; must be reachable by every node.",
+        CONNECTION,
+        "`AUTOPUSH_HOSTNAME`",
+    )
+    router_port: int = setting(
+        fields.Integer(load_default=8081, validate=PORT),
+        "First private router port; worker slot N listens on this + N.",
+        CONNECTION,
+    )
+    router_ssl_key: str | None = setting(
+        _text(), "TLS key for the router port (makes `node_id` https).", CONNECTION, "none"
+    )
+    router_ssl_cert: str | None = setting(
+        _text(), "TLS certificate for the router port.", CONNECTION, "none"
+    )
+    hello_timeout: float = setting(
+        fields.Float(load_default=5.0, validate=NON_NEGATIVE),
+        "Seconds to wait for hello; 0 disables.",
+        CONNECTION,
+    )
+    auto_ping_interval: float = setting(
+        fields.Float(load_default=300.0, validate=NON_NEGATIVE),
+        "Seconds between WebSocket ping frames; 0 disables.",
+        CONNECTION,
+    )
+    auto_ping_timeout: float = setting(
+        fields.Float(load_default=4.0, validate=NON_NEGATIVE),
+        "Seconds to wait for the pong.",
+        CONNECTION,
+    )
+    max_connections: int = setting(
+        fields.Integer(load_default=0, validate=NON_NEGATIVE),
+        "Maximum WebSocket clients per worker; 0 means unlimited.",
+        CONNECTION,
+    )
+    close_handshake_timeout: float = setting(
+        fields.Float(load_default=0.0, validate=NON_NEGATIVE),
+        "Seconds to wait for the client's close reply (0 = built-in default).",
+        CONNECTION,
+    )
+    msg_limit: int = setting(
+        fields.Integer(load_default=150, validate=POSITIVE),
+        "Stored messages one drain may deliver before the UAID is reset.",
+        CONNECTION,
+    )
+    client_queue_size: int = setting(
+        fields.Integer(load_default=128, validate=POSITIVE),
+        "Per-session queue of pending direct notifications.",
+        CONNECTION,
+    )
+    megaphone_api_url: str | None = setting(
+        _text(), "Megaphone URL; enables broadcasts.", CONNECTION, "none"
+    )
+    megaphone_api_token: str | None = setting(
+        _text(), "Bearer token sent to Megaphone.", CONNECTION, "none"
+    )
+    megaphone_poll_interval: float = setting(
+        fields.Float(load_default=30.0, validate=validate.Range(min=0, min_inclusive=False)),
+        "Seconds between Megaphone polls; must be > 0.",
+        CONNECTION,
+    )
+    # ---- endpoint node (SPEC §8.3)
+    auth_keys: tuple[str, ...] = setting(
+        CommaList(load_default=()),
+        "HMAC keys for bridge secrets, newest first; required when a bridge is enabled.",
+        ENDPOINT,
+        "none",
+    )
+    cors: bool = setting(Flag(load_default=True), "Send CORS headers.", ENDPOINT)
+    sts_max_age: int = setting(
+        fields.Integer(load_default=31536000, validate=NON_NEGATIVE),
+        "`Strict-Transport-Security` max-age; 0 disables the header.",
+        ENDPOINT,
+    )
+    max_notification_ttl: int = setting(
+        fields.Integer(load_default=2592000, validate=NON_NEGATIVE),
+        "TTL cap in seconds.",
+        ENDPOINT,
+    )
+    node_request_timeout: float = setting(
+        fields.Float(load_default=3.0, validate=NON_NEGATIVE),
+        "Total seconds for `PUT /push` and `PUT /notif`.",
+        ENDPOINT,
+    )
+    fcm_credentials: dict | None = setting(
+        JsonObject(load_default=None, validate=_validate_fcm_credentials),
+        'JSON `{"<app_id>": {"project_id": …, "credential": <service-account JSON or path>}}`.',
+        ENDPOINT,
+        "none (FCM disabled)",
+    )
+    fcm_min_ttl: int = setting(
+        fields.Integer(load_default=60, validate=NON_NEGATIVE), "Lower bound of the Android TTL.", ENDPOINT
+    )
+    fcm_max_ttl: int = setting(
+        fields.Integer(load_default=2419200, validate=NON_NEGATIVE), "Upper bound of the Android TTL.", ENDPOINT
+    )
+    fcm_max_data: int = setting(
+        fields.Integer(load_default=4096, validate=POSITIVE), "Maximum serialised FCM data map.", ENDPOINT
+    )
+    fcm_timeout: float = setting(
+        fields.Float(load_default=3.0, validate=NON_NEGATIVE), "Seconds per FCM request.", ENDPOINT
+    )
+    fcm_base_url: str = setting(
+        _text("https://fcm.googleapis.com"), "FCM API base URL (tests point it at a fake).", ENDPOINT
+    )
+    apns_channels: dict | None = setting(
+        JsonObject(load_default=None, validate=_validate_object_of_objects),
+        'JSON `{"<channel>": {"cert", "key", "key_id", "team_id", "topic", "sandbox"}}`.',
+        ENDPOINT,
+        "none (APNs disabled)",
+    )
+    apns_max_data: int = setting(
+        fields.Integer(load_default=4096, validate=POSITIVE), "Maximum serialised APNs payload.", ENDPOINT
+    )
+    apns_timeout: float = setting(
+        fields.Float(load_default=20.0, validate=NON_NEGATIVE), "Seconds per APNs request.", ENDPOINT
+    )
+    client_certs: dict | None = setting(
+        JsonObject(load_default=None),
+        "TLS client-certificate fingerprints allowed to push (rarely used).",
+        ENDPOINT,
+        "none",
+    )
+    crypto_keys_generated: bool = False
+
+    @property
+    def router_scheme(self) -> str:
+        return "https" if self.router_ssl_key else "http"
+
+    def node_id(self, router_port: int) -> str:
+        """The ``node_id`` of the worker whose private router listens on ``router_port``."""
+        return base_url(self.router_scheme, self.router_hostname, router_port)
+
+
+SETTING_FIELDS = tuple(f for f in dataclasses.fields(Settings) if "field" in f.metadata)
+
+
+def variable_name(attribute: str) -> str:
+    return PREFIX + attribute.upper()
+
+
+def _build_schema() -> type[Schema]:
+    declared = {}
+    for spec in SETTING_FIELDS:
+        field = spec.metadata["field"]
+        field.data_key = variable_name(spec.name)
+        declared[spec.name] = field
+    return Schema.from_dict(declared, name="SettingsSchema")
+
+
+SettingsSchema = _build_schema()
+
+
+# --------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------
+
+
+def base_url(scheme: str, host: str, port: int) -> str:
+    """``scheme://host[:port]``, the port omitted when it is the scheme's default."""
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"
+
+
+def _read_ini(path: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keep the operator's spelling
+    if not parser.read(path):
+        raise SettingsError(f"{CONFIG_FILE_VARIABLE}: cannot read {path}")
+    if not parser.has_section(INI_SECTION):
+        return {}
+    values = {}
+    for key, value in parser.items(INI_SECTION):
+        name = key.upper()
+        values[name if name.startswith(PREFIX) else PREFIX + name] = value
+    return values
+
+
+def _raw_values(node_type: str, environ: Mapping[str, str]) -> dict[str, str]:
+    raw = dict(NODE_DEFAULTS[node_type])
+    config_file = environ.get(CONFIG_FILE_VARIABLE)
+    if config_file:
+        raw.update(_read_ini(config_file))
+    known = {variable_name(spec.name) for spec in SETTING_FIELDS}
+    raw.update({key: value for key, value in environ.items() if key in known})
+    return raw
+
+
+def _one_line(error: ValidationError) -> str:
+    problems = []
+    for variable, messages in sorted(error.normalized_messages().items()):
+        text = " ".join(messages) if isinstance(messages, list) else str(messages)
+        problems.append(f"{variable}: {text}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def _resolve(hostname: str) -> str:
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError as error:
+        raise SettingsError(
+            f"AUTOPUSH_RESOLVE_HOSTNAME: cannot resolve {hostname!r} ({error})"
+        ) from error
+
+
+def _derive(values: dict[str, Any]) -> dict[str, Any]:
+    hostname = values["hostname"] or socket.gethostname()
+    if values["resolve_hostname"]:
+        hostname = _resolve(hostname)
+    values["hostname"] = hostname
+    values["endpoint_hostname"] = values["endpoint_hostname"] or hostname
+    values["router_hostname"] = values["router_hostname"] or hostname
+    values["statsd_host"] = (values["statsd_host"] or "").strip() or None
+    if values["endpoint_url"]:
+        values["endpoint_url"] = values["endpoint_url"].rstrip("/")
+    else:
+        values["endpoint_url"] = base_url(
+            values["endpoint_scheme"], values["endpoint_hostname"], values["endpoint_port"]
+        )
+    if not values["crypto_keys"]:
+        values["crypto_keys"] = (Fernet.generate_key().decode(),)
+        values["crypto_keys_generated"] = True
+    return values
+
+
+def _check_consistency(settings: Settings) -> None:
+    if settings.fcm_min_ttl > settings.fcm_max_ttl:
+        raise SettingsError("invalid setting AUTOPUSH_FCM_MIN_TTL: greater than AUTOPUSH_FCM_MAX_TTL")
+    bridges = settings.fcm_credentials or settings.apns_channels
+    if settings.node_type == ENDPOINT and bridges and not settings.auth_keys:
+        raise SettingsError("invalid setting AUTOPUSH_AUTH_KEYS: required when a bridge is enabled")
+
+
+def load_settings(node_type: str, environ: Mapping[str, str]) -> Settings:
+    """Validate the environment (and optional ini file) into ``Settings``.
+
+    Raises ``SettingsError`` with a one-line message naming the variable.
+    """
+    if node_type not in NODE_TYPES:
+        raise ValueError(f"unknown node type {node_type!r}")
+    try:
+        values = SettingsSchema().load(_raw_values(node_type, environ))
+    except ValidationError as error:
+        raise SettingsError(_one_line(error)) from error
+    settings = Settings(node_type=node_type, **_derive(values))
+    _check_consistency(settings)
+    return settings
+
+
+# --------------------------------------------------------------------------
+# Reference documentation
+# --------------------------------------------------------------------------
+
+SCOPE_TITLES = {"both": "both", CONNECTION: "connection", ENDPOINT: "endpoint"}
+
+
+def _default_text(spec: dataclasses.Field) -> str:
+    if spec.metadata["default_doc"]:
+        return spec.metadata["default_doc"]
+    default = spec.metadata["field"].load_default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default)) if default == 0 else str(default)
+    return f"`{default}`" if isinstance(default, str) else str(default)
+
+
+def settings_reference() -> str:
+    """The README's settings table, generated from the schema."""
+    lines = ["| Variable | Default | Node | Meaning |", "|---|---|---|---|"]
+    for spec in SETTING_FIELDS:
+        lines.append(
+            f"| `{variable_name(spec.name)}` | {_default_text(spec)} | "
+            f"{SCOPE_TITLES[spec.metadata['scope']]} | {spec.metadata['doc']} |"
+        )
+    lines.append(
+        f"| `{CONFIG_FILE_VARIABLE}` | none | both | Ini file with an `[{INI_SECTION}]` section "
+        "holding any of these (environment wins). |"
+    )
+    return "\n".join(lines)
