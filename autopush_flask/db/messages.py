@@ -1,0 +1,212 @@
+"""Message-table operations (SPEC §7.5): channel lists and stored notifications."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from autopush_flask.db.attributes import StringSet, from_item, to_attribute, to_item
+from autopush_flask.db.client import DynamoDB
+from autopush_flask.db.errors import ConditionFailed, StorageUnavailable
+from autopush_flask.db.models import (
+    CHANNEL_LIST_KEY,
+    SIXTY_DAYS,
+    THIRTY_DAYS,
+    TIMESTAMP_PREFIX,
+    Notification,
+    after_bookmark_key,
+    is_dashed_uuid,
+)
+
+BATCH_WRITE_LIMIT = 25
+BATCH_RESEND_ATTEMPTS = 8
+TOPIC_FETCH_LIMIT = 11
+TIMESTAMP_FETCH_LIMIT = 10
+
+
+class MessageStore:
+    """Operations on one message table (the only one, or one month's)."""
+
+    def __init__(
+        self,
+        db: DynamoDB,
+        table: str,
+        metrics: Any,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self.table = table
+        self._metrics = metrics
+        self._clock = clock
+
+    # ---- channel list (the " " item)
+
+    def _channel_list_key(self, uaid: str) -> dict:
+        return {"uaid": {"S": uaid}, "chidmessageid": {"S": CHANNEL_LIST_KEY}}
+
+    def _expiry(self, lifetime: int) -> dict:
+        return to_attribute(int(self._clock()) + lifetime)
+
+    def add_channel(self, uaid: str, channel_id: str) -> None:
+        self.add_channels(uaid, [channel_id])
+
+    def add_channels(self, uaid: str, channel_ids: Iterable[str]) -> None:
+        """Add to the channel set, creating the channel-list item if needed."""
+        self._db.call(
+            "update_item",
+            TableName=self.table,
+            Key=self._channel_list_key(uaid),
+            UpdateExpression="ADD chids :chids SET expiry = :expiry",
+            ExpressionAttributeValues={
+                ":chids": to_attribute(StringSet(channel_ids)),
+                ":expiry": self._expiry(THIRTY_DAYS),
+            },
+        )
+
+    def remove_channel(self, uaid: str, channel_id: str) -> bool:
+        """Remove from the channel set; ``True`` iff it was registered."""
+        try:
+            response = self._db.call(
+                "update_item",
+                TableName=self.table,
+                Key=self._channel_list_key(uaid),
+                UpdateExpression="DELETE chids :chids SET expiry = :expiry",
+                ConditionExpression="attribute_exists(uaid)",
+                ExpressionAttributeValues={
+                    ":chids": to_attribute(StringSet([channel_id])),
+                    ":expiry": self._expiry(THIRTY_DAYS),
+                },
+                ReturnValues="UPDATED_OLD",
+            )
+        except ConditionFailed:
+            return False
+        return channel_id in from_item(response.get("Attributes")).get("chids", [])
+
+    def get_channels(self, uaid: str) -> list[str]:
+        """Registered CHIDs (dashed), ignoring entries that are not UUIDs."""
+        response = self._db.call(
+            "get_item",
+            TableName=self.table,
+            Key=self._channel_list_key(uaid),
+            ConsistentRead=True,
+        )
+        chids = from_item(response.get("Item")).get("chids", [])
+        return [chid for chid in chids if is_dashed_uuid(chid)]
+
+    def save_channels(self, uaid: str, channel_ids: Iterable[str]) -> None:
+        """Rotation-mode migration: overwrite the channel list in this table."""
+        chids = StringSet(channel_ids)
+        item = {"uaid": uaid, "chidmessageid": CHANNEL_LIST_KEY, "chids": chids or None}
+        item["expiry"] = int(self._clock()) + THIRTY_DAYS
+        self._db.call("put_item", TableName=self.table, Item=to_item(item))
+
+    def touch_channels(self, uaid: str) -> None:
+        """Keep a connected user's subscriptions from expiring (SPEC §7.6)."""
+        try:
+            self._db.call(
+                "update_item",
+                TableName=self.table,
+                Key=self._channel_list_key(uaid),
+                UpdateExpression="SET expiry = :expiry",
+                ConditionExpression="attribute_exists(uaid)",
+                ExpressionAttributeValues={":expiry": self._expiry(THIRTY_DAYS)},
+            )
+        except ConditionFailed:
+            pass
+
+    def update_bookmark(self, uaid: str, sortkey_timestamp: int) -> None:
+        self._db.call(
+            "update_item",
+            TableName=self.table,
+            Key=self._channel_list_key(uaid),
+            UpdateExpression="SET #bookmark = :bookmark, expiry = :expiry",
+            ExpressionAttributeNames={"#bookmark": "current_timestamp"},
+            ExpressionAttributeValues={
+                ":bookmark": to_attribute(sortkey_timestamp),
+                ":expiry": self._expiry(SIXTY_DAYS),
+            },
+        )
+
+    # ---- notifications
+
+    def save_message(self, uaid: str, notification: Notification) -> None:
+        """Unconditional put: a topic message replaces its predecessor."""
+        self._db.call(
+            "put_item", TableName=self.table, Item=to_item(notification.to_item(uaid))
+        )
+
+    def save_messages(self, uaid: str, notifications: Sequence[Notification]) -> None:
+        """Batch writes of at most 25, resending whatever DynamoDB left unprocessed."""
+        items = [{"PutRequest": {"Item": to_item(n.to_item(uaid))}} for n in notifications]
+        for start in range(0, len(items), BATCH_WRITE_LIMIT):
+            self._write_batch(items[start : start + BATCH_WRITE_LIMIT])
+
+    def _write_batch(self, requests: list[dict]) -> None:
+        pending = {self.table: requests}
+        for _ in range(BATCH_RESEND_ATTEMPTS):
+            response = self._db.call("batch_write_item", RequestItems=pending)
+            pending = response.get("UnprocessedItems") or {}
+            if not pending:
+                return
+            self._metrics.increment("database.retry", tags={"operation": "batch_write_item"})
+        raise StorageUnavailable("batch_write_item: items left unprocessed", "batch_write_item")
+
+    def delete_message(self, uaid: str, sort_key: str, updateid: str | None = None) -> bool:
+        """Delete one message; with ``updateid`` only if it was not replaced since."""
+        condition = {}
+        if updateid is not None:
+            condition = {
+                "ConditionExpression": "updateid = :updateid",
+                "ExpressionAttributeValues": {":updateid": to_attribute(updateid)},
+            }
+        try:
+            self._db.call(
+                "delete_item",
+                TableName=self.table,
+                Key={"uaid": {"S": uaid}, "chidmessageid": {"S": sort_key}},
+                **condition,
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def fetch_topic_messages(
+        self, uaid: str, limit: int = TOPIC_FETCH_LIMIT
+    ) -> tuple[int | None, list[Notification]]:
+        """The bookmark and up to ``limit - 1`` topic (and legacy) messages."""
+        items = self._query(uaid, "chidmessageid < :key", TIMESTAMP_PREFIX, limit)
+        bookmark = None
+        if items and items[0]["chidmessageid"] == CHANNEL_LIST_KEY:
+            bookmark = items.pop(0).get("current_timestamp")
+        return bookmark, self._parse(items)
+
+    def fetch_timestamp_messages(
+        self, uaid: str, bookmark: int | None, limit: int = TIMESTAMP_FETCH_LIMIT
+    ) -> tuple[int | None, list[Notification]]:
+        """Messages after the bookmark, and the highest sort-key timestamp among them."""
+        items = self._query(uaid, "chidmessageid > :key", after_bookmark_key(bookmark), limit)
+        messages = self._parse(items)
+        stamps = [m.sortkey_timestamp for m in messages if m.sortkey_timestamp is not None]
+        return (max(stamps) if stamps else None), messages
+
+    def _query(self, uaid: str, key_condition: str, bound: str, limit: int) -> list[dict]:
+        response = self._db.call(
+            "query",
+            TableName=self.table,
+            KeyConditionExpression=f"uaid = :uaid AND {key_condition}",
+            ExpressionAttributeValues={":uaid": {"S": uaid}, ":key": {"S": bound}},
+            ConsistentRead=True,
+            Limit=limit,
+        )
+        return [from_item(item) for item in response.get("Items", [])]
+
+    def _parse(self, items: list[dict]) -> list[Notification]:
+        messages = []
+        for item in items:
+            message = Notification.from_item(item)
+            if message is None:
+                self._metrics.increment("database.unknown_sort_key")
+                continue
+            messages.append(message)
+        return messages

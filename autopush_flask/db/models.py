@@ -1,0 +1,142 @@
+"""Router records and stored notifications as plain Python values (SPEC §7.2–§7.4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+CHANNEL_LIST_KEY = " "
+TOPIC_PREFIX = "01"
+TIMESTAMP_PREFIX = "02"
+# Sorts just after every "01:" key, so a query "> 01;" starts at timestamp keys.
+AFTER_TOPICS = "01;"
+THIRTY_DAYS = 30 * 24 * 3600
+SIXTY_DAYS = 60 * 24 * 3600
+WEBPUSH = "webpush"
+
+
+def topic_sort_key(channel_id: str, topic: str) -> str:
+    return f"{TOPIC_PREFIX}:{channel_id}:{topic}"
+
+
+def timestamp_sort_key(sortkey_timestamp: int, channel_id: str) -> str:
+    return f"{TIMESTAMP_PREFIX}:{sortkey_timestamp}:{channel_id}"
+
+
+def after_bookmark_key(bookmark: int | None) -> str:
+    """The exclusive lower bound of a timestamp query (SPEC §2.15 step 3)."""
+    return AFTER_TOPICS if bookmark is None else f"{TIMESTAMP_PREFIX}:{bookmark}:z"
+
+
+def is_dashed_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+@dataclass
+class User:
+    """One router record. Absent attributes are ``None`` and never written."""
+
+    uaid: str
+    router_type: str | None = WEBPUSH
+    connected_at: int | None = None
+    node_id: str | None = None
+    record_version: int | None = None
+    router_data: dict | None = None
+    current_month: str | None = None
+    last_connect: int | None = None
+    critical_failure: str | None = None
+    expiry: int | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> User:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in item.items() if k in names})
+
+
+@dataclass
+class Notification:
+    """A push message as stored, routed between nodes and sent to clients.
+
+    ``sortkey_timestamp`` is set for timestamp messages, ``topic`` for topic
+    messages, ``legacy`` for very old ``{chid}:{version}`` items (delivered
+    like topic messages and deleted on ack).
+    """
+
+    channel_id: str
+    version: str
+    ttl: int
+    timestamp: int
+    topic: str | None = None
+    sortkey_timestamp: int | None = None
+    data: str | None = None
+    headers: dict[str, str] | None = field(default=None)
+    legacy: bool = False
+
+    @property
+    def sort_key(self) -> str:
+        if self.legacy:
+            return f"{self.channel_id}:{self.version}"
+        if self.topic:
+            return topic_sort_key(self.channel_id, self.topic)
+        return timestamp_sort_key(self.sortkey_timestamp, self.channel_id)
+
+    @property
+    def deleted_on_ack(self) -> bool:
+        """Topic and legacy items are deleted on ack; timestamp items expire."""
+        return bool(self.topic) or self.legacy
+
+    def expired(self, now: float) -> bool:
+        return now >= self.timestamp + self.ttl
+
+    def to_item(self, uaid: str) -> dict[str, Any]:
+        return {
+            "uaid": uaid,
+            "chidmessageid": self.sort_key,
+            "ttl": self.ttl,
+            "timestamp": self.timestamp,
+            "updateid": self.version,
+            "expiry": self.timestamp + min(self.ttl, THIRTY_DAYS),
+            "data": self.data or None,
+            "headers": (self.headers or None) if self.data else None,
+        }
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Notification | None:
+        """Parse a message item; ``None`` for keys that match no known format."""
+        parsed = _parse_sort_key(item.get("chidmessageid", ""))
+        if parsed is None:
+            return None
+        return cls(
+            version=item.get("updateid") or parsed.pop("version", ""),
+            ttl=int(item.get("ttl", 0)),
+            timestamp=int(item.get("timestamp", 0)),
+            data=item.get("data"),
+            headers=item.get("headers"),
+            **{k: v for k, v in parsed.items() if k != "version"},
+        )
+
+
+def _parse_sort_key(key: str) -> dict[str, Any] | None:
+    prefix, _, rest = key.partition(":")
+    if prefix == TOPIC_PREFIX:
+        channel_id, _, topic = rest.partition(":")
+        if is_dashed_uuid(channel_id) and topic:
+            return {"channel_id": channel_id, "topic": topic}
+        return None
+    if prefix == TIMESTAMP_PREFIX:
+        stamp, _, channel_id = rest.partition(":")
+        if stamp.isdigit() and is_dashed_uuid(channel_id):
+            return {"channel_id": channel_id, "sortkey_timestamp": int(stamp)}
+        return None
+    channel_id, _, version = key.partition(":")
+    if is_dashed_uuid(channel_id) and version:
+        return {"channel_id": channel_id, "version": version, "legacy": True}
+    return None

@@ -1,0 +1,81 @@
+"""An HTTP proxy in front of the local DynamoDB that can answer "throttled".
+
+Storage code under test talks to it over real HTTP; while ``throttling`` is
+on, every request gets DynamoDB's ProvisionedThroughputExceededException, as
+an overloaded table would answer.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+THROTTLED_BODY = json.dumps(
+    {
+        "__type": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+        "message": "The level of configured provisioned throughput for the table was exceeded.",
+    }
+).encode()
+
+
+class ThrottleProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.throttling = False
+        self.requests = 0
+        self.throttled = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> ThrottleProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.requests += 1
+                if proxy.throttling:
+                    proxy.throttled += 1
+                    self._reply(400, THROTTLED_BODY)
+                    return
+                status, payload = proxy._forward(self.headers, body)
+                self._reply(status, payload)
+
+            def _reply(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.0")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        return Handler
+
+    def _forward(self, headers: object, body: bytes) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=10)
+        try:
+            forwarded = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+            connection.request("POST", "/", body=body, headers=forwarded)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
