@@ -4,9 +4,12 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test run fuzz clean docs
+.PHONY: install test run clean docs version.json
 
-install: $(VENV)/.installed node_modules/.installed
+install: $(VENV)/.installed node_modules/.installed version.json
+
+version.json: $(VENV)/.installed
+	$(VPY) scripts/write-version-json
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)

@@ -158,12 +158,18 @@ def test_setup_twice_does_not_duplicate():
 
 def test_foreign_handlers_are_kept():
     logger = logging.getLogger("autopush")
+    earlier = list(logger.handlers)
+    for handler in earlier:  # start clean: other tests configured this logger too
+        logger.removeHandler(handler)
     foreign = logging.NullHandler()
     logger.addHandler(foreign)
-    _setup(io.StringIO())
-    _setup(io.StringIO())
-    assert foreign in logger.handlers
-    assert len(logger.handlers) == 2
+    try:
+        _setup(io.StringIO())
+        _setup(io.StringIO())
+        assert foreign in logger.handlers
+        assert len(logger.handlers) == 2
+    finally:
+        logger.removeHandler(foreign)
 
 
 def test_human_line():

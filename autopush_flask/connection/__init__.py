@@ -1,0 +1,1 @@
+"""Connection node: WebSocket sessions, client registry and private router."""

@@ -1,0 +1,1 @@
+"""Endpoint node: the Web Push HTTP API."""

@@ -1,0 +1,1 @@
+"""Delivery routers: webpush (connection nodes or storage), FCM and APNs."""
