@@ -1,18 +1,71 @@
-"""The connection node's Flask app factory."""
+"""The connection node's app factory.
+
+The WSGI object gunicorn serves is a ``ConnectionApp``: WebSocket upgrades
+to ``/`` go straight to a ``ClientConnection`` (no Flask request context is
+kept alive for the hours a browser stays connected); every other request
+goes to the public Flask app (health routes). The private router is a
+second Flask app, served on the worker's router port by ``node.start``.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
 from flask import Flask
 
 from autopush_flask.config import Settings
+from autopush_flask.connection.node import ConnectionNode
+from autopush_flask.connection.router import NODE_KEY, router
+from autopush_flask.connection.transport import ClientConnection
 from autopush_flask.health import health
 from autopush_flask.services import Services, build_services, install
 
+SLOT_VARIABLE = "AUTOPUSH_WORKER_SLOT"
+SUBPROTOCOL = "push-notification"
 
-def create_connection_app(settings: Settings, node_services: Services | None = None) -> Flask:
-    """A connection node's public app for ``settings``."""
-    app = Flask("autopush_flask.connection")
-    install(app, node_services or build_services(settings))
+
+class ConnectionApp:
+    """WSGI entry of a connection worker."""
+
+    def __init__(self, public_app: Flask, router_app: Flask, node: ConnectionNode) -> None:
+        self.public_app = public_app
+        self.router_app = router_app
+        self.node = node
+
+    def app_protocol(self, path: str) -> str | None:
+        """gevent-websocket echoes this subprotocol when the client offers it."""
+        return SUBPROTOCOL if path == "/" else None
+
+    def start(self, host: str = "0.0.0.0") -> None:
+        self.node.start(self.router_app, host)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        websocket = environ.get("wsgi.websocket")
+        if websocket is not None and environ.get("PATH_INFO") == "/":
+            user_agent = environ.get("HTTP_USER_AGENT", "")
+            ClientConnection(self.node, websocket, user_agent).serve()
+            return []
+        return self.public_app(environ, start_response)
+
+
+def _flask_app(name: str, node_services: Services, node: ConnectionNode) -> Flask:
+    app = Flask(name)
+    install(app, node_services)
+    app.extensions[NODE_KEY] = node
     app.register_blueprint(health)
-    # The WebSocket route and the per-worker private router register here.
     return app
+
+
+def create_connection_app(
+    settings: Settings, node_services: Services | None = None, slot: int | None = None
+) -> ConnectionApp:
+    """A connection node for one worker; its slot picks its router port and node_id."""
+    node_services = node_services or build_services(settings)
+    if slot is None:
+        slot = int(os.environ.get(SLOT_VARIABLE, "0"))
+    node = ConnectionNode(node_services, slot)
+    public_app = _flask_app("autopush_flask.connection", node_services, node)
+    router_app = _flask_app("autopush_flask.connection.router", node_services, node)
+    router_app.register_blueprint(router)
+    return ConnectionApp(public_app, router_app, node)
+

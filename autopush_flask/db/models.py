@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +142,21 @@ def _parse_sort_key(key: str) -> dict[str, Any] | None:
     if is_dashed_uuid(channel_id) and version:
         return {"channel_id": channel_id, "version": version, "legacy": True}
     return None
+
+
+class SortKeyClock:
+    """Microsecond sort-key timestamps, strictly increasing within a process.
+
+    Two messages for one channel in the same microsecond would share a key
+    and the second would silently replace the first (SPEC A.8, §7.4).
+    """
+
+    __slots__ = ("_clock", "_last")
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(int(self._clock() * 1_000_000), self._last + 1)
+        return self._last

@@ -14,7 +14,7 @@ from autopush_flask.db.client import DynamoDB, create_boto_client
 from autopush_flask.db.errors import StorageError
 from autopush_flask.db.messages import MessageStore
 from autopush_flask.db.models import Notification, User
-from autopush_flask.db.rotation import MessageTables, last_connect_value
+from autopush_flask.db.rotation import MessageTables, connected_this_month, last_connect_value
 from autopush_flask.db.router import RouterStore
 from autopush_flask.db.tables import TableAdmin
 
@@ -68,6 +68,10 @@ class Storage:
 
     def new_last_connect(self) -> int:
         return last_connect_value(self._clock())
+
+    def connected_this_month(self, last_connect: int | None) -> bool:
+        """Rotation mode refreshes ``last_connect`` only once a month (SPEC §2.4.2)."""
+        return connected_this_month(last_connect, self._clock())
 
     def setup(self) -> list[str]:
         """Create missing tables when configured and learn the known message tables."""

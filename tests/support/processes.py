@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import signal
 import socket
 import subprocess
@@ -70,3 +71,63 @@ class LocalDynamoDB:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+
+
+def free_port_range(count: int) -> int:
+    """A base port with ``count`` consecutive free ports (router slots)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        try:
+            sockets = []
+            for offset in range(count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", base + offset))
+                sockets.append(sock)
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise RuntimeError("no free port range")
+
+
+class GunicornNode:
+    """A real gunicorn master serving one of the apps, as an operator starts it."""
+
+    def __init__(self, app: str, environ: dict[str, str], workers: int = 1, port: int | None = None) -> None:
+        self.app = app
+        self.workers = workers
+        self.port = port or free_port()
+        self.environ = environ
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_path: Path, wait_ports: tuple[int, ...] = ()) -> None:
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(gunicorn), "-c", "gunicorn.conf.py", "--workers", str(self.workers),
+                 "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "10", self.app],
+                cwd=ROOT, env=self.environ, stdout=log, stderr=subprocess.STDOUT,
+            )
+        for port in (self.port, *wait_ports):
+            wait_for_port(port, timeout=30)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=20)
+            self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""

@@ -49,9 +49,11 @@ def test_126_health_not_ok_without_message_table(make_settings, table_prefix: st
 
 
 def test_connection_app_serves_health_too(make_settings) -> None:
-    client = create_connection_app(make_settings("connection")).test_client()
-    assert client.get("/status").status_code == 200
-    assert client.get("/health").get_json()["clients"] == 0
+    app = create_connection_app(make_settings("connection"))
+    for flask_app in (app.public_app, app.router_app):
+        client = flask_app.test_client()
+        assert client.get("/status").status_code == 200
+        assert client.get("/health").get_json()["clients"] == 0
 
 
 def test_version_file(client, tmp_path, monkeypatch) -> None:

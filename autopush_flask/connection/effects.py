@@ -1,0 +1,94 @@
+"""What a session asks its transport to do (DESIGN §4).
+
+Session handlers are generators that yield these; the transport performs
+each one and sends back its result (or throws its exception) into the
+generator. Unit tests perform them without sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from autopush_flask.db.errors import StorageError
+
+
+@dataclass(frozen=True)
+class Send:
+    """Write one text frame; a dict is sent as JSON, a str as-is."""
+
+    payload: dict | str
+
+
+@dataclass(frozen=True)
+class Close:
+    """Send a close frame and end the session."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Db:
+    """Run a storage operation; its result (or ``StorageError``) comes back."""
+
+    name: str
+    call: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """Fire-and-forget HTTP call to another node's private router."""
+
+    method: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Block this session (not the worker) for a while: no input is read."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Call ``handler`` (a session method returning a generator) after ``delay`` seconds."""
+
+    delay: float
+    handler: Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class Identify:
+    """Enter the session in the node's client table (evicting an older duplicate)."""
+
+
+@dataclass(frozen=True)
+class PingFrame:
+    """Send a WebSocket ping frame and expect a pong within the auto-ping timeout."""
+
+
+Effect = Send | Close | Db | NodeRequest | Sleep | Schedule | Identify | PingFrame
+
+
+def drive(handler: Generator[Any, Any, None], perform: Callable[[Any], Any]) -> None:
+    """Run a session handler to its end, performing each effect it yields.
+
+    A ``StorageError`` raised while performing a ``Db`` effect is thrown back
+    into the handler, which decides what the SPEC says to do about it; any
+    other exception is the transport's business and propagates.
+    """
+    result: Any = None
+    error: StorageError | None = None
+    while True:
+        try:
+            effect = handler.throw(error) if error is not None else handler.send(result)
+        except StopIteration:
+            return
+        result, error = None, None
+        try:
+            result = perform(effect)
+        except StorageError as failure:
+            error = failure

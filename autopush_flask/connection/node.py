@@ -1,0 +1,125 @@
+"""One connection node = one gunicorn worker process (DESIGN §1).
+
+Holds what all of the worker's clients share: the client table, the
+private router server on ``router_port + slot``, the timers, Megaphone
+polling and node-to-node HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import gevent
+import requests
+from gevent.pywsgi import WSGIServer
+
+from autopush_flask.connection.broadcast import BroadcastRegistry, MegaphonePoller
+from autopush_flask.connection.registry import ClientRegistry
+from autopush_flask.connection.session import NodeContext
+from autopush_flask.logging import log_fields
+from autopush_flask.services import Services
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from autopush_flask.connection.transport import ClientConnection
+
+TICK_SECONDS = 1.0
+log = logging.getLogger("autopush.connection")
+
+
+class ConnectionNode:
+    def __init__(self, node_services: Services, slot: int = 0) -> None:
+        settings = node_services.settings
+        self.settings = settings
+        self.services = node_services
+        self.storage = node_services.storage
+        self.router_port = settings.router_port + slot
+        self.node_id = settings.node_id(self.router_port)
+        self.registry = ClientRegistry()
+        self.connections: set[ClientConnection] = set()
+        self.broadcasts = BroadcastRegistry()
+        self.ctx = NodeContext(
+            node_id=self.node_id,
+            env=settings.env,
+            endpoint_url=settings.endpoint_url,
+            msg_limit=settings.msg_limit,
+            auto_ping_interval=settings.auto_ping_interval,
+            storage=self.storage,
+            crypto_keys=node_services.crypto_keys,
+            metrics=node_services.metrics,
+            broadcasts=self.broadcasts,
+        )
+        self.encode = json.JSONEncoder(separators=(",", ":")).encode
+        self.http = requests.Session()
+        self.stopping = False
+        self._router_server: WSGIServer | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+        node_services.client_count = lambda: len(self.registry)
+
+    def at_capacity(self) -> bool:
+        limit = self.settings.max_connections
+        return self.stopping or bool(limit and len(self.connections) >= limit)
+
+    # ---- lifecycle
+
+    def start(self, router_app: Flask, host: str = "0.0.0.0") -> None:
+        """Serve the private router and start the timers (in the worker, after fork)."""
+        self._router_server = WSGIServer((host, self.router_port), router_app, log=None)
+        self._router_server.start()
+        self._greenlets.append(gevent.spawn(self._tick_forever))
+        if self.settings.megaphone_api_url:
+            poller = MegaphonePoller(
+                self.broadcasts, self.settings.megaphone_api_url, self.settings.megaphone_api_token,
+                self.settings.megaphone_poll_interval, self.services.metrics,
+            )
+            self._greenlets.append(poller.start())
+        log.info("Connection node started", extra=log_fields(node_id=self.node_id))
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop taking work, keep every unacked direct notification, close with 1012."""
+        self.stopping = True
+        if self._router_server is not None:
+            self._router_server.stop(timeout=1)
+        closing = [gevent.spawn(c.run, c.session.on_shutdown) for c in list(self.connections)]
+        gevent.joinall(closing, timeout=timeout)
+        gevent.killall(self._greenlets, block=False)
+        log.info("Connection node stopped", extra=log_fields(node_id=self.node_id, clients=len(closing)))
+
+    def _tick_forever(self) -> None:
+        while True:
+            gevent.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                try:
+                    connection.tick(now)
+                except Exception:  # noqa: BLE001 - one client must not stop the timers
+                    log.exception("timer failed")
+            self._refresh_tables()
+
+    def _refresh_tables(self) -> None:
+        try:
+            self.storage.tables.maybe_refresh()
+        except Exception:  # noqa: BLE001 - retried at the next tick
+            log.exception("message table refresh failed")
+
+    # ---- services for sessions
+
+    def identify(self, connection: ClientConnection) -> None:
+        """Enter an identified client; a displaced duplicate is closed (SPEC §2.18)."""
+        loser = self.registry.register(connection.session.uaid, connection)
+        if loser is not None:
+            gevent.spawn(loser.run, loser.session.on_evict, loser.connected_at)
+
+    def node_request(self, method: str, url: str) -> None:
+        gevent.spawn(self._node_request, method, url)
+
+    def _node_request(self, method: str, url: str) -> None:
+        timeout = self.settings.node_connect_timeout
+        try:
+            self.http.request(method, url, timeout=(timeout, timeout * 3))
+        except requests.RequestException as error:
+            log.debug("node request failed", extra=log_fields(url=url, error=str(error)))
