@@ -43,6 +43,9 @@ worker_connections = 20000 if _app == CONNECTION_APP else 1000
 graceful_timeout = 25
 keepalive = 75
 accesslog = None
+# The control socket defaults to one path per user; several masters on one
+# host (several nodes, tests) would fight over it.
+control_socket_disable = True
 
 
 def _is_connection_worker(server) -> bool:

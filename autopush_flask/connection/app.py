@@ -32,6 +32,15 @@ class ConnectionApp:
         self.router_app = router_app
         self.node = node
 
+    @property
+    def current_app(self) -> ConnectionApp:
+        """gevent-websocket reports socket closes here; without it, it builds a
+        throw-away class on every close."""
+        return self
+
+    def on_close(self, reason: str) -> None:
+        """Closes are handled by each ``ClientConnection``."""
+
     def app_protocol(self, path: str) -> str | None:
         """gevent-websocket echoes this subprotocol when the client offers it."""
         return SUBPROTOCOL if path == "/" else None

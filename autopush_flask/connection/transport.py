@@ -133,7 +133,7 @@ class ClientConnection:
 
     def perform(self, effect: Any) -> Any:
         if isinstance(effect, Db):
-            return effect.call(self.node.storage)
+            return self.node.call_storage(effect.call)
         if isinstance(effect, Send):
             payload = effect.payload
             self.ws.send(payload if isinstance(payload, str) else self.node.encode(payload))
