@@ -170,6 +170,11 @@ class Session:
         if self.state == CONNECTED:
             yield from self._close(CLOSE_ERROR, "hello timeout")
 
+    def on_ping_timeout(self) -> Effects:
+        """No pong came back for the auto-ping (SPEC §2.14)."""
+        self.disconnect_reason = "ping timeout"
+        yield from self._close(CLOSE_ERROR, "no pong")
+
     def on_notification(self, notification: Notification) -> Effects:
         """A direct notification from ``PUT /push`` (SPEC §2.17)."""
         if self.state != IDENTIFIED:

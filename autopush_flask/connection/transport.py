@@ -121,8 +121,7 @@ class ClientConnection:
             return
         if self.ping_sent_at is not None and self.ws.last_pong < self.ping_sent_at:
             if now - self.ping_sent_at > self.node.settings.auto_ping_timeout:
-                self.session.disconnect_reason = "ping timeout"
-                self.run(lambda: iter([Close(1011, "no pong")]))
+                self.run(self.session.on_ping_timeout)
             return
         if self.next_ping_at is not None and now >= self.next_ping_at:
             self.next_ping_at = now + self.node.settings.auto_ping_interval

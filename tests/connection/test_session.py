@@ -13,7 +13,6 @@ import pytest
 from autopush_flask.connection.effects import Close, NodeRequest
 from autopush_flask.crypto import CryptoKeys, MessageId, parse_endpoint_token
 from autopush_flask.db import Notification, User, create_storage
-from autopush_flask.db.models import SortKeyClock
 from autopush_flask.metrics import RecordingMetrics
 from tests.connection.harness import NODE_ID, FakeClock, Node
 
@@ -741,3 +740,11 @@ def test_154_unknown_month_is_dropped(rotation, keys) -> None:
     storage.router.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=f"{prefix}_2025_01"))
     assert Node(storage, keys).client().hello(uaid)["uaid"] != uaid
     assert storage.router.get_user(uaid) is None
+
+
+def test_23_ping_timeout_closes_1011(node: Node) -> None:
+    client = node.client()
+    client.hello()
+    client.run(client.session.on_ping_timeout())
+    assert client.closed == Close(1011, "no pong")
+    assert client.session.disconnect_reason == "ping timeout"

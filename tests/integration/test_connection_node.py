@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+import websocket
 
 from autopush_flask.config import CONNECTION, load_settings
 from autopush_flask.crypto import CryptoKeys
@@ -284,3 +285,68 @@ def test_graceful_stop_stores_unacked_notifications_and_closes_1012(dynalite, ta
         assert [m.version for m in stored] == ["unacked"]
     finally:
         node.stop()
+
+
+def raw_close_code(sock: socket.socket) -> int | None:
+    """Read server frames straight off the socket (no automatic pongs)."""
+    sock.settimeout(5)
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    while len(data) >= 2:
+        opcode, length = data[0] & 0x0F, data[1] & 0x7F
+        if opcode == 0x8:
+            return int.from_bytes(data[2:4], "big")
+        data = data[2 + length:]
+    return None
+
+
+def single_worker(dynalite, table_prefix, tmp_path, **settings: str) -> tuple[GunicornNode, str]:
+    router_port = free_port_range(1)
+    node = GunicornNode("wsgi:connection_app", node_environ(dynalite, table_prefix, router_port, **settings))
+    node.start(tmp_path / "gunicorn.log", wait_ports=(router_port,))
+    return node, f"ws://127.0.0.1:{node.port}/"
+
+
+def test_23_client_that_never_answers_pings_is_closed(dynalite, table_prefix, tmp_path) -> None:
+    node, url = single_worker(dynalite, table_prefix, tmp_path,
+                              AUTOPUSH_AUTO_PING_INTERVAL="1", AUTOPUSH_AUTO_PING_TIMEOUT="1")
+    try:
+        silent, answering = PushClient(url), PushClient(url)
+        assert silent.hello()["ping"] == 1.0
+        answering.hello()
+        answering.ws.settimeout(1.5)
+        deadline = time.monotonic() + 5
+        pings = 0
+        while time.monotonic() < deadline:  # reading answers the server's pings
+            try:
+                opcode, _ = answering.ws.recv_data(control_frame=True)
+            except websocket.WebSocketTimeoutException:
+                continue
+            pings += opcode == websocket.ABNF.OPCODE_PING
+        assert pings >= 3
+        # The silent client's socket holds the pings it never answered, then the close.
+        assert raw_close_code(silent.ws.sock) == 1011
+        answering.send({})
+        answering.ws.settimeout(5)
+        assert answering.receive() == "{}"
+    finally:
+        node.stop()
+
+
+def test_message_floods_do_not_disturb_the_worker(cluster: Cluster) -> None:
+    bystander, uaid, channel_id = cluster.registered()
+    flooder = cluster.client()
+    flooder.hello()
+    for _ in range(2000):
+        flooder.send({"messageType": "ack", "updates": []})
+    flooder.send({})
+    assert flooder.receive() == "{}"
+    flooder.send({})
+    assert flooder.close_code() == 4774
+    node_id = cluster.node_id(uaid)
+    assert requests.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "calm"), timeout=5).status_code == 200
+    assert bystander.receive()["version"] == "calm"
