@@ -5,6 +5,13 @@ from __future__ import annotations
 from flask import Flask
 
 from autopush_flask.config import Settings
+from autopush_flask.endpoint.diagnostics import diagnostics
+from autopush_flask.endpoint.errors import install_error_handlers
+from autopush_flask.endpoint.headers import install_response_headers
+from autopush_flask.endpoint.message import message
+from autopush_flask.endpoint.openapi import openapi
+from autopush_flask.endpoint.state import STATE_KEY, build_state
+from autopush_flask.endpoint.webpush import webpush
 from autopush_flask.health import health
 from autopush_flask.services import Services, build_services, install
 
@@ -12,7 +19,12 @@ from autopush_flask.services import Services, build_services, install
 def create_endpoint_app(settings: Settings, node_services: Services | None = None) -> Flask:
     """An endpoint node for ``settings`` (storage set up unless services are given)."""
     app = Flask("autopush_flask.endpoint")
-    install(app, node_services or build_services(settings))
-    app.register_blueprint(health)
-    # The webpush, message and bridge-registration blueprints register here.
+    node_services = node_services or build_services(settings)
+    install(app, node_services)
+    app.extensions[STATE_KEY] = build_state(node_services)
+    for blueprint in (health, diagnostics, webpush, message, openapi):
+        app.register_blueprint(blueprint)
+    # The bridge registration blueprint (/v1/<type>/<app_id>/registration…) registers here.
+    install_error_handlers(app)
+    install_response_headers(app, settings)
     return app

@@ -1,0 +1,40 @@
+"""``DELETE /m/{message_id}``: cancel a stored message (SPEC §4.10)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from autopush_flask.crypto import InvalidMessageIdError, MessageId
+from autopush_flask.db import StorageError
+from autopush_flask.endpoint.errors import PushError, storage_error
+from autopush_flask.endpoint.state import endpoint_state
+
+message = Blueprint("message", __name__)
+
+
+@message.delete("/m/<message_id>")
+def cancel(message_id: str) -> Response:
+    state = endpoint_state()
+    try:
+        parsed = MessageId.decode(state.crypto_keys, message_id)
+    except InvalidMessageIdError as error:
+        raise PushError(400, None, "Invalid message ID") from error
+    uaid = parsed.uaid.hex
+    try:
+        table = _message_table(uaid)
+        if table is not None:
+            updateid = message_id if parsed.kind == "topic" else None
+            state.storage.messages(table).delete_message(uaid, parsed.sort_key, updateid)
+    except StorageError as error:
+        raise storage_error(error) from error
+    state.metrics.increment("notification.message.deleted", tags={"topic": parsed.kind == "topic"})
+    return Response(b"", status=204)
+
+
+def _message_table(uaid: str) -> str | None:
+    """Single-table mode needs no read; rotation mode asks the user's record."""
+    storage = endpoint_state().storage
+    if not storage.rotation:
+        return storage.tables.current
+    user = storage.router.get_user(uaid)
+    return storage.message_table_for(user) if user else None

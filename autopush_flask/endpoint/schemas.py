@@ -1,0 +1,168 @@
+"""Request and response schemas of the public API.
+
+The same schemas validate requests and generate ``/openapi.json``. A field
+that fails raises ``PushError`` with the SPEC's status and errno at once, so
+the first failure in declaration order (the SPEC §4.3 order) decides.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
+
+from autopush_flask.crypto import parse_crypto_params
+from autopush_flask.endpoint.errors import PushError
+
+SIGNED_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+BASE64URL_VALUE = re.compile(r"^[0-9A-Za-z_-]+=*$")
+TRAILING_PADDING = re.compile(r"=+(?=[,;]|$)")
+TOPIC_MAX_LENGTH = 32
+CURRENT_ENCODING = "aes128gcm"
+LEGACY_ENCODING = "aesgcm"
+
+
+def invalid_encoding(message: str) -> PushError:
+    return PushError(400, 110, message)
+
+
+class TTLField(fields.Field):
+    """``TTL``: an optionally signed decimal integer, never negative (SPEC §4.4.1)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        text = str(value).strip()
+        if not SIGNED_INTEGER.match(text):
+            raise PushError(400, 112, "Invalid TTL header value")
+        ttl = int(text)
+        if ttl < 0:
+            raise PushError(400, 114, "TTL must be greater than 0")
+        return ttl
+
+
+class TopicField(fields.String):
+    """``Topic``: up to 32 base64url characters (SPEC §4.4.2)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        topic = str(value)
+        if len(topic) > TOPIC_MAX_LENGTH or not BASE64URL_VALUE.match(topic):
+            raise PushError(400, 113, "Topic must be no greater than 32 characters of the base64url alphabet")
+        return topic
+
+
+class PushHeadersSchema(Schema):
+    """The headers of ``POST /wpush/…`` an application server sends."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    ttl = TTLField(
+        data_key="TTL", required=True,
+        metadata={"description": "Seconds to keep the message (0 = deliver now or never); capped.", "type": "integer"},
+    )
+    topic = TopicField(
+        data_key="Topic", load_default=None,
+        metadata={"description": "Replaces an undelivered message with the same topic.",
+                  "maxLength": TOPIC_MAX_LENGTH, "pattern": BASE64URL_VALUE.pattern},
+    )
+    urgency = fields.String(data_key="Urgency", load_default=None, metadata={"description": "Accepted and ignored."})
+    content_encoding = fields.String(
+        data_key="Content-Encoding", load_default=None,
+        metadata={"description": "Required with a body: aes128gcm (RFC 8291) or aesgcm (legacy)."},
+    )
+    encryption = fields.String(data_key="Encryption", load_default=None, metadata={"description": "aesgcm only: salt=…"})
+    crypto_key = fields.String(data_key="Crypto-Key", load_default=None, metadata={"description": "aesgcm: dh=…; VAPID draft-01: p256ecdsa=…"})
+    authorization = fields.String(
+        data_key="Authorization", load_default=None,
+        metadata={"description": "VAPID: 'vapid t=<JWT>, k=<key>' (or 'WebPush <JWT>' with Crypto-Key p256ecdsa). Required for /wpush/v2/."},
+    )
+
+    @pre_load
+    def require_ttl(self, data: dict, **kwargs: Any) -> dict:
+        if "TTL" not in data:
+            raise PushError(400, 111, "Missing TTL Header")
+        return data
+
+
+class PushPathSchema(Schema):
+    api_version = fields.String(validate=validate.OneOf(["v1", "v2"]), metadata={"description": "v2 endpoints are bound to a VAPID key"})
+    token = fields.String(metadata={"description": "Opaque endpoint token"})
+
+
+class MessageIdPathSchema(Schema):
+    message_id = fields.String(metadata={"description": "The id from a push response's Location"})
+
+
+class ErrorSchema(Schema):
+    """The body of every error response (SPEC §4.11)."""
+
+    code = fields.Integer(required=True)
+    errno = fields.Integer(allow_none=True, required=True)
+    error = fields.String(required=True)
+    message = fields.String(required=True)
+    more_info = fields.String(required=True)
+
+
+@dataclass(frozen=True)
+class PushHeaders:
+    ttl: int
+    topic: str | None
+    crypto_headers: dict[str, str] | None
+
+
+PUSH_HEADERS = PushHeadersSchema()
+
+
+def parse_push_headers(headers: Any, has_body: bool, max_ttl: int) -> PushHeaders:
+    """Validate TTL, Topic and, with a body, the encoding headers (SPEC §4.4)."""
+    values = PUSH_HEADERS.load({name: headers[name] for name in _HEADER_NAMES if name in headers})
+    crypto_headers = _crypto_headers(values) if has_body else None
+    return PushHeaders(min(values["ttl"], max_ttl), values["topic"], crypto_headers)
+
+
+_HEADER_NAMES = [field.data_key for field in PUSH_HEADERS.fields.values()]
+
+
+def _params(header: str | None) -> list[dict[str, str]] | None:
+    if header is None:
+        return None
+    try:
+        return parse_crypto_params(header)
+    except ValueError as error:
+        raise invalid_encoding(f"Unparseable header: {error}") from error
+
+
+def _has(sections: list[dict[str, str]] | None, name: str) -> bool:
+    return any(name in section for section in sections or [])
+
+
+def _base64url_param(sections: list[dict[str, str]] | None, name: str) -> bool:
+    values = [section[name] for section in sections or [] if name in section]
+    return bool(values) and all(BASE64URL_VALUE.match(value) for value in values)
+
+
+def _crypto_headers(values: dict) -> dict[str, str]:
+    encoding = (values["content_encoding"] or "").strip().lower()
+    encryption, crypto_key = _params(values["encryption"]), _params(values["crypto_key"])
+    if encoding == CURRENT_ENCODING:
+        if _has(encryption, "salt") or _has(crypto_key, "dh"):
+            raise invalid_encoding("aes128gcm carries its keys in the payload: no salt or dh headers")
+    elif encoding == LEGACY_ENCODING:
+        if not _base64url_param(encryption, "salt"):
+            raise invalid_encoding("aesgcm requires Encryption with a base64url salt")
+        if crypto_key is not None and not _base64url_param(crypto_key, "dh"):
+            raise invalid_encoding("aesgcm requires Crypto-Key with a base64url dh")
+    else:
+        raise invalid_encoding("Content-Encoding must be aes128gcm or aesgcm")
+    cleaned = {"encoding": encoding}
+    if values["encryption"] is not None:
+        cleaned["encryption"] = clean_crypto_header(values["encryption"])
+    if values["crypto_key"] is not None:
+        cleaned["crypto_key"] = clean_crypto_header(values["crypto_key"])
+    return cleaned
+
+
+def clean_crypto_header(value: str) -> str:
+    """Drop quotes and trailing padding before storing/forwarding (SPEC §4.4.4)."""
+    return TRAILING_PADDING.sub("", value.replace('"', ""))

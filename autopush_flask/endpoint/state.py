@@ -1,0 +1,70 @@
+"""What the endpoint's handlers share in one worker: services plus routers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from flask import current_app
+
+from autopush_flask.config import Settings
+from autopush_flask.crypto import CryptoKeys
+from autopush_flask.db import Notification, Storage, User
+from autopush_flask.db.models import SortKeyClock
+from autopush_flask.routers.bridge import UnconfiguredBridge
+from autopush_flask.routers.webpush import WebPushRouter, node_session
+from autopush_flask.services import Services
+
+STATE_KEY = "autopush_endpoint"
+
+
+class Router(Protocol):
+    def route(self, user: User, notification: Notification) -> str: ...
+
+
+@dataclass
+class EndpointState:
+    services: Services
+    routers: dict[str, Router] = field(default_factory=dict)
+    sortkeys: SortKeyClock = field(default_factory=SortKeyClock)
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def crypto_keys(self) -> CryptoKeys:
+        return self.services.crypto_keys
+
+    @property
+    def metrics(self) -> Any:
+        return self.services.metrics
+
+    @property
+    def vapid_audience(self) -> str:
+        """The origin of our endpoint URLs: what a VAPID ``aud`` must say."""
+        parts = urlsplit(self.settings.endpoint_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def router_for(self, user: User) -> Router:
+        return self.routers[user.router_type]
+
+
+def build_state(node_services: Services) -> EndpointState:
+    settings = node_services.settings
+    webpush = WebPushRouter(
+        node_services.storage, node_services.metrics, node_session(),
+        settings.node_connect_timeout, settings.node_request_timeout,
+    )
+    routers: dict[str, Router] = {"webpush": webpush}
+    routers.update({kind: UnconfiguredBridge(kind) for kind in ("fcm", "apns")})
+    return EndpointState(node_services, routers)
+
+
+def endpoint_state() -> EndpointState:
+    return current_app.extensions[STATE_KEY]

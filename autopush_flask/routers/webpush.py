@@ -1,0 +1,123 @@
+"""Delivery to browsers: straight to their connection node, else storage (SPEC §4.8).
+
+A direct notification costs one router read and one internal HTTP PUT; the
+message table is touched only when the browser is away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from autopush_flask.db import Notification, Storage, StorageError, User
+from autopush_flask.endpoint.errors import PushError, storage_error
+from autopush_flask.logging import log_fields
+
+NODE_POOL_SIZE = 100
+STORE_ERRNO = 201  # a failed store is always "back off" (SPEC §7.8)
+
+log = logging.getLogger("autopush.router")
+
+
+class NodeUnreachable(Exception):
+    """The connection node could not be reached at the network level."""
+
+
+def node_session() -> requests.Session:
+    """Pooled keep-alive HTTP to connection nodes, one per worker process."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=NODE_POOL_SIZE, pool_maxsize=NODE_POOL_SIZE, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class WebPushRouter:
+    def __init__(
+        self, storage: Storage, metrics: Any, http: requests.Session,
+        connect_timeout: float, request_timeout: float,
+    ) -> None:
+        self._storage = storage
+        self._metrics = metrics
+        self._http = http
+        self._timeout = (connect_timeout, request_timeout)
+
+    def route(self, user: User, notification: Notification) -> str:
+        """Deliver, discard (TTL 0) or store; returns "Direct", "Expired" or "Stored"."""
+        if user.node_id and self._deliver_direct(user, notification):
+            return "Direct"
+        if notification.ttl == 0:
+            self._metrics.increment("notification.message.expired")
+            return "Expired"
+        self._store(user, notification)
+        self._notify_node_after_store(user.uaid)
+        return "Stored"
+
+    def _deliver_direct(self, user: User, notification: Notification) -> bool:
+        try:
+            status = self._put(f"{user.node_id}/push/{user.uaid}", _node_payload(notification))
+        except NodeUnreachable:
+            self._forget_node(user.uaid, user.node_id, user.connected_at)
+            return False
+        self._metrics.increment("notification.direct.delivery_status", tags={"status": status})
+        return status == 200
+
+    def _store(self, user: User, notification: Notification) -> None:
+        table = self._storage.message_table_for(user)
+        try:
+            self._storage.messages(table).save_message(user.uaid, notification)
+        except StorageError as error:
+            log.warning("store failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
+            raise storage_error(error, STORE_ERRNO) from error
+        self._metrics.increment("notification.message.stored", tags={"topic": bool(notification.topic)})
+
+    def _notify_node_after_store(self, uaid: str) -> None:
+        """Catch a client that connected while we were storing (SPEC §1.4)."""
+        try:
+            user = self._storage.router.get_user(uaid)
+        except StorageError:
+            return  # the message is safely stored
+        if user is None:
+            self._metrics.increment("updates.client.deleted")
+            raise PushError(410, 105, "Endpoint became unavailable during request")
+        if user.node_id:
+            try:
+                self._put(f"{user.node_id}/notif/{uaid}", None)
+            except NodeUnreachable:
+                self._forget_node(uaid, user.node_id, user.connected_at)
+
+    def _put(self, url: str, payload: dict | None) -> int:
+        try:
+            response = self._http.put(url, json=payload, timeout=self._timeout)
+        except requests.Timeout as error:
+            self._metrics.increment("error.node.timeout")
+            raise NodeUnreachable(str(error)) from error
+        except requests.RequestException as error:
+            self._metrics.increment("error.node.connect")
+            raise NodeUnreachable(str(error)) from error
+        return response.status_code
+
+    def _forget_node(self, uaid: str, node_id: str, connected_at: int | None) -> None:
+        """Conditional removal; losing the race is fine (SPEC §1.4)."""
+        self._metrics.increment("updates.client.host_gone")
+        try:
+            self._storage.router.remove_node_id(uaid, node_id, connected_at or 0)
+        except StorageError as error:
+            log.info("node_id removal failed", extra=log_fields(error=str(error), uaid_hash=uaid))
+
+
+def _node_payload(notification: Notification) -> dict:
+    payload = {
+        key: value
+        for key, value in dataclasses.asdict(notification).items()
+        if key in ("version", "ttl", "topic", "timestamp", "data", "headers")
+    }
+    payload["channelID"] = notification.channel_id
+    if not notification.data:
+        payload.pop("data")
+        payload.pop("headers")
+    return payload

@@ -1,0 +1,63 @@
+"""A running service for end-to-end tests: connection node + endpoint node + dynalite."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from autopush_flask.config import ENDPOINT, load_settings
+from autopush_flask.crypto import CryptoKeys
+from autopush_flask.db import Storage, create_storage
+from autopush_flask.metrics import NullMetrics
+from tests.support.processes import GunicornNode, free_port, free_port_range
+from tests.support.push_client import PushClient
+
+
+class Stack:
+    def __init__(self, ddb_url: str, log_dir: Path, connection_workers: int = 1, **settings: str) -> None:
+        prefix = "e" + uuid.uuid4().hex[:10]
+        self.endpoint_port = free_port()
+        self.router_port = free_port_range(connection_workers)
+        self.environ = {
+            **os.environ,
+            "AUTOPUSH_DDB_ENDPOINT": ddb_url,
+            "AUTOPUSH_ROUTER_TABLE": f"{prefix}_router",
+            "AUTOPUSH_MESSAGE_TABLE": f"{prefix}_message",
+            "AUTOPUSH_CRYPTO_KEYS": CryptoKeys.generate_key(),
+            "AUTOPUSH_ENDPOINT_URL": f"http://127.0.0.1:{self.endpoint_port}",
+            "AUTOPUSH_ROUTER_HOSTNAME": "127.0.0.1",
+            "AUTOPUSH_ROUTER_PORT": str(self.router_port),
+            "AUTOPUSH_STATSD_HOST": "",
+            **settings,
+        }
+        self.log_dir = log_dir
+        self.connection = GunicornNode("wsgi:connection_app", self.environ, workers=connection_workers)
+        self.endpoint = GunicornNode("wsgi:endpoint_app", self.environ, port=self.endpoint_port)
+        self.storage: Storage = create_storage(load_settings(ENDPOINT, self.environ), NullMetrics())
+        self.clients: list[PushClient] = []
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.endpoint_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.connection.port}/"
+
+    def start(self) -> Stack:
+        routers = tuple(self.router_port + slot for slot in range(self.connection.workers))
+        self.connection.start(self.log_dir / "connection.log", wait_ports=routers)
+        self.endpoint.start(self.log_dir / "endpoint.log")
+        return self
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.endpoint.stop()
+        self.connection.stop()
+
+    def client(self) -> PushClient:
+        client = PushClient(self.ws_url)
+        self.clients.append(client)
+        return client
