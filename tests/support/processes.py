@@ -120,6 +120,23 @@ class GunicornNode:
             )
         for port in (self.port, *wait_ports):
             wait_for_port(port, timeout=30)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """The master listens before its workers have booted: wait for an answer."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.log()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/__lbheartbeat__", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.app} not ready after {timeout} s")
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)

@@ -24,6 +24,8 @@ class ThrottleProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.throttling = False
+        # Operation names (e.g. {"PutItem"}) to throttle; None throttles every call.
+        self.throttle_targets: set[str] | None = None
         self.requests = 0
         self.throttled = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -54,7 +56,8 @@ class ThrottleProxy:
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy.requests += 1
-                if proxy.throttling:
+                target = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
+                if proxy.throttling and (proxy.throttle_targets is None or target in proxy.throttle_targets):
                     proxy.throttled += 1
                     self._reply(400, THROTTLED_BODY)
                     return
