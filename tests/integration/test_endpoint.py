@@ -439,3 +439,111 @@ def test_openapi_document_is_served(stack: Stack) -> None:
     assert document["openapi"].startswith("3.")
     assert "/wpush/{api_version}/{token}" in document["paths"]
     json.dumps(document)
+
+
+# ---- VAPID claims end to end (103–110) -------------------------------------------
+
+
+def vapid_header(app_server: AppServer, claims: dict, algorithm: str = "ES256", der: bool = False,
+                 tamper: bool = False) -> str:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    from tests.support.webpush import b64url, b64url_decode, raw_public_key
+
+    key = app_server.vapid.private_key if algorithm == "ES256" else "a-shared-secret-of-32-bytes-long!"
+    token = jwt.encode(claims, key, algorithm=algorithm)
+    head, body, signature = token.split(".")
+    raw = b64url_decode(signature)
+    if der:
+        raw = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    if tamper:
+        raw = bytes([raw[0] ^ 1]) + raw[1:]
+    token = f"{head}.{body}.{b64url(raw)}"
+    return f"vapid t={token}, k={b64url(raw_public_key(app_server.vapid.private_key))}"
+
+
+def claims_for(stack: Stack, **changes) -> dict:
+    claims = {"aud": stack.endpoint_url, "exp": int(time.time()) + 3600, "sub": "mailto:ops@example.com"}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "options"),
+    [
+        ({"exp": int(time.time()) - 60}, {}),
+        ({"exp": int(time.time()) + 25 * 3600}, {}),
+        ({"exp": str(int(time.time()) + 3600)}, {}),
+        ({"aud": None}, {}),
+        ({"aud": "https://other.example.com"}, {}),
+        ({}, {"algorithm": "HS256"}),
+        ({}, {"tamper": True}),
+    ],
+    ids=["103-expired", "104-too-far", "105-string-exp", "106-no-aud", "106-other-aud", "107-hs256", "108-tampered"],
+)
+def test_103_108_vapid_rejections(stack: Stack, app_server: AppServer, changes: dict, options: dict) -> None:
+    _, subscription, _ = subscribe(stack, key=app_server.application_server_key)
+    header = vapid_header(app_server, claims_for(stack, **changes), **options)
+    response = post(subscription.endpoint, Authorization=header)
+    assert_error(response, 401, 109)
+    assert response.headers["WWW-Authenticate"] == "webpush"
+
+
+@pytest.mark.parametrize(
+    ("changes", "options"),
+    [({"exp": int(time.time()) + 23 * 3600}, {}), ({}, {"der": True}), ({"sub": None}, {})],
+    ids=["104-23-hours", "109-der-signature", "110-no-sub"],
+)
+def test_104_109_110_vapid_acceptances(stack: Stack, app_server: AppServer, changes: dict, options: dict) -> None:
+    client, subscription, _ = subscribe(stack, key=app_server.application_server_key)
+    header = vapid_header(app_server, claims_for(stack, **changes), **options)
+    assert post(subscription.endpoint, Authorization=header).status_code == 201
+    client.receive()
+
+
+def test_27_padded_and_unpadded_keys_give_working_endpoints(stack: Stack, app_server: AppServer) -> None:
+    padded = app_server.application_server_key
+    for key in (padded, padded.rstrip("=")):
+        client, subscription, _ = subscribe(stack, key=key)
+        assert app_server.push(subscription, "bound").status_code == 201
+        assert subscription.decrypt(client.receive()) == b"bound"
+
+
+def test_31_both_endpoints_of_a_double_register_deliver(stack: Stack) -> None:
+    client = stack.client()
+    client.hello()
+    channel_id = str(uuid.uuid4())
+    endpoints = [client.register(channel_id)["pushEndpoint"] for _ in range(2)]
+    for endpoint in endpoints:
+        assert post(endpoint).status_code == 201
+        assert client.receive()["channelID"] == channel_id
+
+
+def test_42_unacked_direct_notification_is_redelivered_after_reconnect(stack: Stack) -> None:
+    client, subscription, _ = subscribe(stack)
+    uaid = client.uaid
+    response = post(subscription.endpoint, b"unacked", **{"Content-Encoding": "aes128gcm"})
+    first = client.receive()
+    assert first["version"] == message_id_of(response, stack)
+    client.close()
+    time.sleep(0.5)
+    again = stack.client()
+    again.hello(uaid)
+    assert again.receive()["version"] == first["version"]
+
+
+def test_48_only_the_live_message_survives(stack: Stack) -> None:
+    client, subscription, _ = subscribe(stack)
+    uaid = client.uaid
+    client.close()
+    time.sleep(0.2)
+    for _ in range(10):
+        assert post(subscription.endpoint, TTL="1").status_code == 201
+    keeper = post(subscription.endpoint, TTL="60")
+    time.sleep(2)
+    again = stack.client()
+    again.hello(uaid)
+    assert again.receive()["version"] == message_id_of(keeper, stack)
+    again.send({})
+    assert again.receive() == "{}"
