@@ -41,7 +41,10 @@ class RouterStore:
         response = self._db.call(
             "get_item", TableName=self.table, Key=self._key(uaid), ConsistentRead=True
         )
-        item = from_item(response.get("Item"))
+        return self.user_from_item(uaid, from_item(response.get("Item")))
+
+    def user_from_item(self, uaid: str, item: dict) -> User | None:
+        """A loaded item as a ``User``, deleting debris that holds only ``uaid``."""
         if not item:
             return None
         if set(item) == {"uaid"}:

@@ -13,7 +13,7 @@ from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Notification, Storage, User
 from autopush_flask.db.models import SortKeyClock
 from autopush_flask.routers.bridge import UnconfiguredBridge
-from autopush_flask.routers.webpush import WebPushRouter, node_session
+from autopush_flask.routers.webpush import WebPushRouter, node_pool
 from autopush_flask.services import Services
 
 STATE_KEY = "autopush_endpoint"
@@ -57,10 +57,8 @@ class EndpointState:
 
 def build_state(node_services: Services) -> EndpointState:
     settings = node_services.settings
-    webpush = WebPushRouter(
-        node_services.storage, node_services.metrics, node_session(),
-        settings.node_connect_timeout, settings.node_request_timeout,
-    )
+    http = node_pool(settings.node_connect_timeout, settings.node_request_timeout)
+    webpush = WebPushRouter(node_services.storage, node_services.metrics, http)
     routers: dict[str, Router] = {"webpush": webpush}
     routers.update({kind: UnconfiguredBridge(kind) for kind in ("fcm", "apns")})
     return EndpointState(node_services, routers)

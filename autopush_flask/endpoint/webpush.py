@@ -49,8 +49,8 @@ def push(api_version: str, token: str) -> Response:
     state.metrics.increment("notification.received")
     subscription = _decrypt_token(token, api_version)
     vapid = _check_vapid(subscription)
-    user = _load_user(subscription.uaid.hex)
-    _check_subscription(user, subscription)
+    user, channels = _load_user(subscription.uaid.hex)
+    _check_subscription(user, channels, subscription)
     body = request.get_data(cache=False)
     if len(body) > state.settings.max_data:
         raise PushError(413, 104, f"Data payload must be smaller than {state.settings.max_data} bytes")
@@ -104,17 +104,17 @@ def _count_vapid(result: VapidResult) -> None:
         metrics.increment("notification.auth.error", tags={"error": result.sub_problem})
 
 
-def _load_user(uaid: str) -> User:
+def _load_user(uaid: str) -> tuple[User, list[str] | None]:
     try:
-        user = endpoint_state().storage.router.get_user(uaid)
+        user, channels = endpoint_state().storage.get_user_with_channels(uaid)
     except StorageError as error:
         raise storage_error(error) from error
     if user is None:
         raise PushError(410, 103, "Expired URL endpoint")
-    return user
+    return user, channels
 
 
-def _check_subscription(user: User, subscription: EndpointToken) -> None:
+def _check_subscription(user: User, channels: list[str] | None, subscription: EndpointToken) -> None:
     """SPEC §4.7: the record must be usable and, for webpush, hold the channel."""
     state = endpoint_state()
     if user.router_type not in (WEBPUSH, *BRIDGE_TYPES):
@@ -128,10 +128,11 @@ def _check_subscription(user: User, subscription: EndpointToken) -> None:
     table = state.storage.message_table_for(user)
     if table is None:
         _drop_user(user.uaid)
-    try:
-        channels = state.storage.messages(table).get_channels(user.uaid)
-    except StorageError as error:
-        raise storage_error(error) from error
+    if channels is None:
+        try:
+            channels = state.storage.messages(table).get_channels(user.uaid)
+        except StorageError as error:
+            raise storage_error(error) from error
     if str(subscription.channel_id) not in channels:
         raise PushError(410, 106, "No such subscription")
 

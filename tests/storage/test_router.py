@@ -158,3 +158,22 @@ def test_update_message_month_sets_current_month_and_last_connect(storage: Stora
     item = from_item(raw_router_item(storage, uaid))
     assert (item["current_month"], item["last_connect"]) == ("message_2026_11", 202611040007)
     assert storage.router.update_message_month(new_uaid(), "message_2026_11", 1) is False
+
+
+def test_get_user_with_channels_reads_both_in_one_call(storage: Storage, metrics) -> None:
+    uaid, chid = new_uaid(), "01234567-89ab-4cde-8f01-23456789abcd"
+    storage.router.add_user(connected_user(uaid))
+    storage.messages().add_channels(uaid, [chid, "not-a-uuid"])
+    user, channels = storage.get_user_with_channels(uaid)
+    assert (user.uaid, channels) == (uaid, [chid])
+    assert storage.get_user_with_channels(new_uaid()) == (None, [])
+    lonely = new_uaid()
+    storage.router.add_user(connected_user(lonely))
+    assert storage.get_user_with_channels(lonely)[1] == []
+
+
+def test_get_user_with_channels_drops_debris(storage: Storage) -> None:
+    uaid = new_uaid()
+    storage.db.client.put_item(TableName=storage.router.table, Item={"uaid": {"S": uaid}})
+    assert storage.get_user_with_channels(uaid) == (None, [])
+    assert raw_router_item(storage, uaid) == {}
