@@ -58,7 +58,7 @@ class ConnectionApp:
 
 
 def _flask_app(name: str, node_services: Services, node: ConnectionNode) -> Flask:
-    app = Flask(name)
+    app = Flask(name, static_folder=None)
     install(app, node_services)
     app.extensions[NODE_KEY] = node
     app.register_blueprint(health)

@@ -18,7 +18,7 @@ from autopush_flask.services import Services, build_services, install
 
 def create_endpoint_app(settings: Settings, node_services: Services | None = None) -> Flask:
     """An endpoint node for ``settings`` (storage set up unless services are given)."""
-    app = Flask("autopush_flask.endpoint")
+    app = Flask("autopush_flask.endpoint", static_folder=None)
     node_services = node_services or build_services(settings)
     install(app, node_services)
     app.extensions[STATE_KEY] = build_state(node_services)

@@ -8,6 +8,7 @@ the first failure in declaration order (the SPEC §4.3 order) decides.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ SIGNED_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 BASE64URL_VALUE = re.compile(r"^[0-9A-Za-z_-]+=*$")
 TRAILING_PADDING = re.compile(r"=+(?=[,;]|$)")
 TOPIC_MAX_LENGTH = 32
+MAX_TTL_DIGITS = 18
 CURRENT_ENCODING = "aes128gcm"
 LEGACY_ENCODING = "aesgcm"
 
@@ -35,10 +37,11 @@ class TTLField(fields.Field):
         text = str(value).strip()
         if not SIGNED_INTEGER.match(text):
             raise PushError(400, 112, "Invalid TTL header value")
-        ttl = int(text)
-        if ttl < 0:
+        if text.startswith("-") and text.strip("-0"):
             raise PushError(400, 114, "TTL must be greater than 0")
-        return ttl
+        digits = text.lstrip("+-").lstrip("0") or "0"
+        # Past the cap every value means the same; never hand int() thousands of digits.
+        return int(digits) if len(digits) <= MAX_TTL_DIGITS else sys.maxsize
 
 
 class TopicField(fields.String):
