@@ -1,0 +1,286 @@
+"""Delivery to Android devices through Firebase Cloud Messaging, HTTP v1 API (SPEC §6.2).
+
+One pyfcm client per configured app id, created on first use and kept for
+the life of the worker: it holds the service-account credentials, the cached
+OAuth2 access token and a pool of keep-alive connections to FCM.
+
+What pyfcm 2.1.1 gives us and what we replace (read from its ``baseapi.py``):
+
+* Credentials are injected through its ``credentials=`` argument (a
+  google-auth service-account ``Credentials``; the key's ``token_uri`` decides
+  where access tokens are fetched), the HTTP adapter through ``adapter=``.
+* Its endpoint comes from the class attribute ``FCM_END_POINT_BASE`` and the
+  *key's* ``project_id``; the client overrides ``fcm_end_point`` per instance
+  so ``AUTOPUSH_FCM_BASE_URL`` and the configured ``project_id`` win.
+* ``notify()``/``parse_response()`` are not used: the payload they build adds
+  ``"notification": {}`` and ``"validate_only"``, and the response parser
+  accepts only 200 and turns 403/404/5xx into exception classes that drop the
+  body (and, for 401/403/404, the status), while SPEC §6.2 needs both. We send
+  through ``send_request`` and map the raw ``requests.Response`` here.
+* ``send_request``, the session and the token cache are overridden, see
+  ``FcmClient``: pyfcm keeps them in ``threading.local`` (greenlet-local under
+  gevent's monkey patching, so a new connection and token per request), sleeps
+  for any ``Retry-After`` and retries without bound.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from typing import Any
+
+import requests
+from google.auth.exceptions import GoogleAuthError
+from google.auth.transport.requests import Request as GoogleAuthRequest
+from google.oauth2 import service_account
+from pyfcm import FCMNotification
+from requests.adapters import HTTPAdapter
+
+from autopush_flask.config import Settings
+from autopush_flask.db import Notification, Storage, User
+from autopush_flask.endpoint.errors import PushError
+from autopush_flask.logging import log_fields
+from autopush_flask.routers.bridge import (
+    TOKEN_PATTERN,
+    bridge_data,
+    bridge_error,
+    bridge_sent,
+    device_gone,
+)
+
+PLATFORM = "fcm"
+FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+POOL_SIZE = 100
+GONE_STATUSES = frozenset({"NOT_FOUND", "UNREGISTERED"})
+UNKNOWN_APP = "Unknown FCM app id"
+
+log = logging.getLogger("autopush.router")
+
+
+class TokenFailure(Exception):
+    """No OAuth2 access token could be obtained: unusable key or token endpoint failure."""
+
+
+class _TokenRequest(GoogleAuthRequest):
+    """google-auth's transport with our pool and a timeout.
+
+    google-auth calls the transport without a timeout, which means its own
+    default of 120 s; a push must not wait that long for a token.
+    """
+
+    def __init__(self, session: requests.Session, timeout: float | None) -> None:
+        super().__init__(session)
+        self._timeout = timeout
+
+    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
+                 timeout: Any = None, **kwargs: Any) -> Any:
+        return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
+
+
+class FcmClient(FCMNotification):
+    """pyfcm's FCM v1 client for one project, safe to share between greenlets."""
+
+    def __init__(self, base_url: str, project_id: str, credentials: service_account.Credentials,
+                 timeout: float | None) -> None:
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+        super().__init__(project_id=project_id, credentials=credentials, adapter=adapter)
+        self._end_point = f"{base_url.rstrip('/')}/v1/projects/{project_id}/messages:send"
+        self._session = requests.Session()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._token_request = _TokenRequest(self._session, timeout)
+        # Created lazily in the worker, i.e. after gevent's monkey patching:
+        # this is a gevent lock there and a thread lock elsewhere.
+        self._token_lock = threading.Lock()
+        self._refreshes = 0
+        self._refresh_error: str | None = None
+
+    @property
+    def fcm_end_point(self) -> str:
+        return self._end_point
+
+    @property
+    def requests_session(self) -> requests.Session:
+        """One pooled session per client (pyfcm's is per thread, i.e. per greenlet)."""
+        return self._session
+
+    def send_request(self, payload: bytes | None = None, timeout: float | None = None) -> requests.Response:
+        """One POST; re-sent once, with a fresh token, only when FCM says the token expired.
+
+        pyfcm's own version sleeps for any ``Retry-After`` and recurses without
+        bound: an endpoint request must answer within ``fcm_timeout``, so a
+        throttled FCM answer goes straight back to the response mapping.
+        Raises ``TokenFailure`` and ``requests`` exceptions.
+        """
+        token = self._get_access_token()
+        response = self._post(payload, token, timeout)
+        if self._is_access_token_expired(response):
+            response = self._post(payload, self._get_access_token(stale=token), timeout)
+        return response
+
+    def _post(self, payload: bytes | None, token: str, timeout: float | None) -> requests.Response:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        return self._session.post(self._end_point, data=payload, headers=headers, timeout=timeout)
+
+    def _get_access_token(self, stale: str | None = None) -> str:
+        """The cached token, refreshed by one greenlet at a time when near expiry or ``stale``.
+
+        pyfcm fetches a new token whenever its per-thread session is new and
+        every 30 minutes; google-auth's ``valid`` keeps it until shortly before
+        the ``expires_in`` the token endpoint gave. Greenlets that waited on a
+        refresh that failed share that failure instead of each trying again.
+        """
+        credentials = self.credentials
+        if credentials.valid and credentials.token != stale:
+            return credentials.token
+        seen = self._refreshes
+        with self._token_lock:
+            if credentials.valid and credentials.token != stale:
+                return credentials.token
+            if self._refreshes != seen and self._refresh_error:
+                raise TokenFailure(self._refresh_error)
+            self._refreshes += 1
+            try:
+                credentials.refresh(self._token_request)
+            except (GoogleAuthError, ValueError) as error:
+                self._refresh_error = str(error) or repr(error)
+                raise TokenFailure(self._refresh_error) from error
+            self._refresh_error = None
+            return credentials.token
+
+
+def load_credentials(credential: Any) -> service_account.Credentials:
+    """A service-account key given as JSON text, a parsed object or a file path."""
+    try:
+        if isinstance(credential, dict):
+            info = credential
+        elif credential.lstrip().startswith("{"):
+            info = json.loads(credential)
+        else:
+            return service_account.Credentials.from_service_account_file(credential, scopes=[FCM_SCOPE])
+        return service_account.Credentials.from_service_account_info(info, scopes=[FCM_SCOPE])
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise TokenFailure(f"unusable service-account key: {error}") from error
+
+
+class FcmRouter:
+    def __init__(self, settings: Settings, storage: Storage, metrics: Any) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._metrics = metrics
+        self._apps: dict[str, dict] = dict(settings.fcm_credentials or {})
+        self._clients: dict[str, FcmClient] = {}
+        # AUTOPUSH_FCM_TIMEOUT=0 means no limit (requests rejects a zero timeout).
+        self._timeout = settings.fcm_timeout or None
+
+    def router_data(self, app_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """SPEC §5.3: a plausible device token and a configured app id."""
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not re.fullmatch(TOKEN_PATTERN, token):
+            raise PushError(400, None, "Missing or invalid token")
+        if app_id not in self._apps:
+            raise PushError(400, 106, UNKNOWN_APP)
+        return {"token": token, "app_id": app_id}
+
+    def route(self, user: User, notification: Notification) -> str:
+        token, app_id = _record_target(user.router_data or {})
+        if token is None or app_id is None:
+            reason = "no_token" if token is None else "no_app_id"
+            raise self._failure(app_id or "", reason, 410, 106, "No such subscription")
+        if app_id not in self._apps:
+            raise self._failure(app_id, "invalid_app_id", 400, 106, UNKNOWN_APP)
+        data = bridge_data(notification)
+        excess = len(_compact_json(data)) - self._settings.fcm_max_data
+        if excess > 0:
+            raise self._failure(app_id, "too_much_data", 413, 104, f"Data too large: too long by {excess} bytes")
+        ttl = min(self._settings.fcm_max_ttl, max(self._settings.fcm_min_ttl, notification.ttl))
+        message = {"message": {"token": token, "android": {"ttl": f"{ttl}s", "data": data}}}
+        response = self._send(app_id, message)
+        if 200 <= response.status_code < 300:
+            return bridge_sent(self._metrics, PLATFORM, app_id)
+        raise self._error_answer(user, app_id, response)
+
+    def _send(self, app_id: str, message: dict) -> requests.Response:
+        try:
+            client = self._client(app_id)
+            return client.send_request(client.json_dumps(message), timeout=self._timeout)
+        except TokenFailure as error:
+            log.error("FCM OAuth2 token failure", extra=log_fields(app_id=app_id, error=str(error)))
+            raise self._failure(app_id, "oauth_failure", 500, None, "FCM credentials are not usable") from error
+        except requests.Timeout as error:  # before ConnectionError: ConnectTimeout is both
+            raise self._failure(app_id, "timeout", 502, 903, "Bridge request timed out") from error
+        except requests.RequestException as error:
+            log.warning("FCM connection failure", extra=log_fields(app_id=app_id, error=str(error)))
+            raise self._failure(
+                app_id, "connection_unavailable", 502, 902, "Bridge connection failed"
+            ) from error
+
+    def _error_answer(self, user: User, app_id: str, response: requests.Response) -> PushError:
+        """SPEC §6.2's table for every non-2xx answer."""
+        status = response.status_code
+        if status == 401:
+            return self._failure(app_id, "authentication", 502, 901, "Bridge authentication failed")
+        error = _error_object(response)
+        if status == 404 or (error is not None and _fcm_codes(error) & GONE_STATUSES):
+            return device_gone(self._storage, self._metrics, user, PLATFORM, app_id)
+        if error is None:
+            log.warning("FCM error without an error object",
+                        extra=log_fields(app_id=app_id, status=status, body=response.text[:200]))
+            return self._failure(app_id, "invalid_response", 502, None, "Invalid response from bridge")
+        log.warning("FCM error", extra=log_fields(
+            app_id=app_id, status=status, fcm_status=error.get("status"), fcm_message=error.get("message")))
+        return self._failure(app_id, f"upstream_{status}", 502, None, "Bridge reported an error")
+
+    def _failure(self, app_id: str, reason: str, status: int, errno: int | None, message: str) -> PushError:
+        bridge_error(self._metrics, PLATFORM, app_id, reason, status, errno)
+        return PushError(status, errno, message)
+
+    def _client(self, app_id: str) -> FcmClient:
+        client = self._clients.get(app_id)
+        if client is None:
+            entry = self._apps[app_id]
+            client = FcmClient(
+                self._settings.fcm_base_url, entry["project_id"], load_credentials(entry["credential"]),
+                self._timeout,
+            )
+            # Racing creators build one each; all of them use the first stored.
+            client = self._clients.setdefault(app_id, client)
+        return client
+
+
+def _record_target(router_data: dict) -> tuple[str | None, str | None]:
+    """Device token and app id; records from older servers name the app as ``creds.senderID``."""
+    token = router_data.get("token")
+    app_id = router_data.get("app_id")
+    creds = router_data.get("creds")
+    if app_id in (None, "") and isinstance(creds, dict):
+        app_id = creds.get("senderID")
+    token = token if isinstance(token, str) and token else None
+    app_id = str(app_id) if app_id not in (None, "") else None
+    return token, app_id
+
+
+def _compact_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+
+def _error_object(response: requests.Response) -> dict | None:
+    """``{"error": {...}}`` from an FCM error answer; ``None`` when empty, not JSON or shaped otherwise."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _fcm_codes(error: dict) -> set[str]:
+    """The error's ``status`` plus the FCM ``errorCode``s in its details (where FCM puts UNREGISTERED)."""
+    codes = {error.get("status")}
+    details = error.get("details")
+    if isinstance(details, list):
+        codes.update(d.get("errorCode") for d in details if isinstance(d, dict))
+    return {code for code in codes if isinstance(code, str)}
