@@ -10,6 +10,7 @@ from autopush_flask.endpoint.errors import install_error_handlers
 from autopush_flask.endpoint.headers import install_response_headers
 from autopush_flask.endpoint.message import message
 from autopush_flask.endpoint.openapi import openapi
+from autopush_flask.endpoint.registration import registration
 from autopush_flask.endpoint.state import STATE_KEY, build_state
 from autopush_flask.endpoint.webpush import webpush
 from autopush_flask.health import health
@@ -22,9 +23,8 @@ def create_endpoint_app(settings: Settings, node_services: Services | None = Non
     node_services = node_services or build_services(settings)
     install(app, node_services)
     app.extensions[STATE_KEY] = build_state(node_services)
-    for blueprint in (health, diagnostics, webpush, message, openapi):
+    for blueprint in (health, diagnostics, webpush, message, registration, openapi):
         app.register_blueprint(blueprint)
-    # The bridge registration blueprint (/v1/<type>/<app_id>/registration…) registers here.
     install_error_handlers(app)
     install_response_headers(app, settings)
     return app

@@ -10,7 +10,15 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
 from autopush_flask import __version__
-from autopush_flask.endpoint.schemas import ErrorSchema, MessageIdPathSchema, PushHeadersSchema, PushPathSchema
+from autopush_flask.endpoint.schemas import (
+    BridgePathSchema,
+    ErrorSchema,
+    MessageIdPathSchema,
+    PushHeadersSchema,
+    PushPathSchema,
+    RegistrationSchema,
+    SubscriptionSchema,
+)
 from autopush_flask.endpoint.state import endpoint_state
 
 openapi = Blueprint("openapi", __name__)
@@ -68,6 +76,47 @@ def _push_operation(path_fields: list[str], max_data: int) -> dict[str, Any]:
     }
 
 
+BRIDGE_ERRORS = {
+    "400": "Invalid router type (errno 108), app id or body",
+    "401": "Bad or missing bearer secret (errno 109)",
+    "410": "Unknown UAID (errno 103) or channel (errno 106)",
+    "503": "Storage unavailable; retry (errno 201, 202)",
+}
+REGISTRATION = "/v1/{router_type}/{app_id}/registration"
+SECRET_HEADER = {"in": "header", "name": "Authorization", "required": True,
+                 "description": "Bearer <secret from the registration>", "schema": {"type": "string"}}
+
+
+def _bridge_operation(summary: str, path_fields: list[str], body: type | None = None,
+                      authenticated: bool = True) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [{"in": "path", "schema": BridgePathSchema(only=path_fields)}],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                      **_errors(BRIDGE_ERRORS)},
+    }
+    if authenticated:
+        operation["parameters"].append(SECRET_HEADER)
+    if body is not None:
+        operation["requestBody"] = {"content": {"application/json": {"schema": body}}}
+    return operation
+
+
+def _bridge_paths(spec: APISpec) -> None:
+    user = ["router_type", "app_id", "uaid"]
+    spec.path(path=REGISTRATION, operations={"post": _bridge_operation(
+        "Register a device", ["router_type", "app_id"], RegistrationSchema, authenticated=False)})
+    spec.path(path=f"{REGISTRATION}/{{uaid}}", operations={
+        "get": _bridge_operation("List channels", user),
+        "put": _bridge_operation("Update the device token", user, RegistrationSchema),
+        "delete": _bridge_operation("Unregister the device", user),
+    })
+    spec.path(path=f"{REGISTRATION}/{{uaid}}/subscription", operations={
+        "post": _bridge_operation("Add a channel", user, SubscriptionSchema)})
+    spec.path(path=f"{REGISTRATION}/{{uaid}}/subscription/{{chid}}", operations={
+        "delete": _bridge_operation("Remove a channel", [*user, "chid"])})
+
+
 @cache
 def _document(max_data: int) -> dict[str, Any]:
     spec = APISpec(
@@ -83,6 +132,7 @@ def _document(max_data: int) -> dict[str, Any]:
         "responses": {"204": {"description": "Deleted (or already gone)"},
                       **_errors({"400": "Invalid message id", "503": "Storage unavailable; retry"})},
     }})
+    _bridge_paths(spec)
     for path, summary in HEALTH_PATHS.items():
         responses = {"200": {"description": "OK"}}
         if path in ("/health", "/__heartbeat__"):

@@ -97,6 +97,30 @@ class MessageIdPathSchema(Schema):
     message_id = fields.String(metadata={"description": "The id from a push response's Location"})
 
 
+class SubscriptionSchema(Schema):
+    """Optional fields of a bridge registration or new-subscription body (SPEC §5.3, §5.4.3)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    channelID = fields.UUID(load_default=None, metadata={"description": "Chosen CHID; random when absent"})  # noqa: N815
+    key = fields.String(load_default=None, metadata={"description": "VAPID public key: the endpoint becomes v2"})
+
+
+class RegistrationSchema(SubscriptionSchema):
+    """A bridge registration or token update body (SPEC §5.3); the router validates ``token``."""
+
+    token = fields.String(required=True, metadata={"description": "Device token: 8+ characters, no spaces"})
+    aps = fields.Raw(load_default=None, metadata={"description": "APNs only: aps object (or JSON text)"})
+
+
+class BridgePathSchema(Schema):
+    router_type = fields.String(metadata={"description": "fcm or apns"})
+    app_id = fields.String(metadata={"description": "FCM app id or APNs release channel"})
+    uaid = fields.String(metadata={"description": "UAID (any UUID spelling)"})
+    chid = fields.String(metadata={"description": "Channel id (any UUID spelling)"})
+
+
 class ErrorSchema(Schema):
     """The body of every error response (SPEC §4.11)."""
 

@@ -12,7 +12,9 @@ from autopush_flask.config import Settings
 from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Notification, Storage, User
 from autopush_flask.db.models import SortKeyClock
-from autopush_flask.routers.bridge import UnconfiguredBridge
+from autopush_flask.routers.apns import ApnsRouter
+from autopush_flask.routers.bridge import BridgeRouter, UnconfiguredBridge
+from autopush_flask.routers.fcm import FcmRouter
 from autopush_flask.routers.webpush import WebPushRouter, node_pool
 from autopush_flask.services import Services
 
@@ -27,6 +29,8 @@ class Router(Protocol):
 class EndpointState:
     services: Services
     routers: dict[str, Router] = field(default_factory=dict)
+    # Bridge routers with credentials: the types the registration API accepts.
+    bridges: dict[str, BridgeRouter] = field(default_factory=dict)
     sortkeys: SortKeyClock = field(default_factory=SortKeyClock)
 
     @property
@@ -59,9 +63,23 @@ def build_state(node_services: Services) -> EndpointState:
     settings = node_services.settings
     http = node_pool(settings.node_connect_timeout, settings.node_request_timeout)
     webpush = WebPushRouter(node_services.storage, node_services.metrics, http)
+    bridges = configured_bridges(node_services)
     routers: dict[str, Router] = {"webpush": webpush}
-    routers.update({kind: UnconfiguredBridge(kind) for kind in ("fcm", "apns")})
-    return EndpointState(node_services, routers)
+    routers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})
+    return EndpointState(node_services, routers, bridges)
+
+
+BRIDGE_FACTORIES = {"fcm": ("fcm_credentials", FcmRouter), "apns": ("apns_channels", ApnsRouter)}
+
+
+def configured_bridges(node_services: Services) -> dict[str, BridgeRouter]:
+    """One router per bridge whose credentials are configured."""
+    settings = node_services.settings
+    return {
+        kind: factory(settings, node_services.storage, node_services.metrics)
+        for kind, (setting, factory) in BRIDGE_FACTORIES.items()
+        if getattr(settings, setting)
+    }
 
 
 def endpoint_state() -> EndpointState:

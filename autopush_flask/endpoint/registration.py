@@ -1,0 +1,177 @@
+"""Bridge registration API for mobile clients (SPEC §5): ``/v1/{type}/{app_id}/registration…``.
+
+Checks for authenticated calls run in the SPEC's order: router type (400/108),
+UAID (410/103), bearer secret (401/109), router record (410/103), then the
+call's own validation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from marshmallow import ValidationError
+
+from autopush_flask.crypto import decode_app_server_key, make_bridge_secret, make_endpoint_url, verify_bridge_secret
+from autopush_flask.db import User
+from autopush_flask.endpoint.errors import PushError, unauthorized
+from autopush_flask.endpoint.schemas import SubscriptionSchema
+from autopush_flask.endpoint.state import EndpointState, endpoint_state
+from autopush_flask.routers.bridge import BridgeRouter
+
+AUTH_SCHEMES = ("bearer", "webpush")
+PREFIX = "/v1/<router_type>/<app_id>/registration"
+
+registration = Blueprint("registration", __name__)
+
+
+SUBSCRIPTION = SubscriptionSchema()
+
+
+# ---- routes ---------------------------------------------------------------
+
+
+@registration.post(PREFIX, strict_slashes=False)
+def register(router_type: str, app_id: str) -> Response:
+    """New registration: a new UAID with one channel (no auth)."""
+    state = endpoint_state()
+    router = _bridge(router_type)
+    body = _json_body(required=True)
+    router_data = router.router_data(app_id, body)
+    channel_id, key = _subscription_fields(body)
+    uaid = uuid.uuid4()
+    user = User(uaid=uaid.hex, router_type=router_type.lower(), router_data=router_data,
+                connected_at=_now_ms(), record_version=1)
+    if state.storage.rotation:
+        user.current_month = state.storage.tables.current
+    if not state.storage.router.add_user(user):
+        raise PushError(500, 999, "UAID collision")
+    endpoint = _add_channel(state, user, channel_id, key)
+    state.metrics.increment("ua.command.register", tags=_client_tags())
+    secret = make_bridge_secret(state.settings.auth_keys[0], uaid.hex)
+    return jsonify(uaid=str(uaid), channelID=str(channel_id), endpoint=endpoint, secret=secret)
+
+
+@registration.put(f"{PREFIX}/<uaid>", strict_slashes=False)
+def update_token(router_type: str, app_id: str, uaid: str) -> Response:
+    router, user = _authenticated(router_type, uaid)
+    router_data = router.router_data(app_id, _json_body(required=True))
+    if not endpoint_state().storage.router.update_router_data(
+        user.uaid, router_type.lower(), router_data, _now_ms()
+    ):
+        raise PushError(410, 103, "Expired URL endpoint")
+    return jsonify({})
+
+
+@registration.get(f"{PREFIX}/<uaid>", strict_slashes=False)
+def list_channels(router_type: str, app_id: str, uaid: str) -> Response:
+    _, user = _authenticated(router_type, uaid)
+    state = endpoint_state()
+    channels = state.storage.messages(state.storage.message_table_for(user)).get_channels(user.uaid)
+    state.metrics.increment("ua.connection.check", tags=_client_tags())
+    return jsonify(uaid=str(uuid.UUID(user.uaid)), channelIDs=sorted(channels))
+
+
+@registration.delete(f"{PREFIX}/<uaid>", strict_slashes=False)
+def unregister_uaid(router_type: str, app_id: str, uaid: str) -> Response:
+    _, user = _authenticated(router_type, uaid)
+    endpoint_state().storage.router.drop_user(user.uaid)
+    return jsonify({})
+
+
+@registration.post(f"{PREFIX}/<uaid>/subscription", strict_slashes=False)
+def new_subscription(router_type: str, app_id: str, uaid: str) -> Response:
+    _, user = _authenticated(router_type, uaid)
+    channel_id, key = _subscription_fields(_json_body(required=False))
+    state = endpoint_state()
+    endpoint = _add_channel(state, user, channel_id, key)
+    state.metrics.increment("ua.command.register", tags=_client_tags())
+    return jsonify(channelID=str(channel_id), endpoint=endpoint)
+
+
+@registration.delete(f"{PREFIX}/<uaid>/subscription/<chid>", strict_slashes=False)
+def unsubscribe(router_type: str, app_id: str, uaid: str, chid: str) -> Response:
+    _, user = _authenticated(router_type, uaid)
+    channel_id = _parse_uuid(chid, 106, "No such subscription")
+    state = endpoint_state()
+    table = state.storage.message_table_for(user)
+    if not state.storage.messages(table).remove_channel(user.uaid, str(channel_id)):
+        raise PushError(410, 106, "No such subscription")
+    state.metrics.increment("ua.command.unregister", tags=_client_tags())
+    return jsonify({})
+
+
+# ---- the checks, in the SPEC's order ----------------------------------------
+
+
+def _bridge(router_type: str) -> BridgeRouter:
+    router = endpoint_state().bridges.get(router_type.lower())
+    if router is None:
+        raise PushError(400, 108, "Invalid router type")
+    return router
+
+
+def _authenticated(router_type: str, uaid_text: str) -> tuple[BridgeRouter, User]:
+    router = _bridge(router_type)
+    uaid = _parse_uuid(uaid_text, 103, "Expired URL endpoint")
+    _check_secret(uaid.hex)
+    user = endpoint_state().storage.router.get_user(uaid.hex)
+    if user is None:
+        raise PushError(410, 103, "Expired URL endpoint")
+    return router, user
+
+
+def _check_secret(uaid_hex: str) -> None:
+    """``Authorization: Bearer <hex HMAC>``, any configured auth key (SPEC §5.2)."""
+    scheme, _, secret = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() not in AUTH_SCHEMES or not secret.strip():
+        raise unauthorized()
+    if not verify_bridge_secret(endpoint_state().settings.auth_keys, uaid_hex, secret.strip()):
+        raise unauthorized()
+
+
+def _parse_uuid(text: str, errno: int, message: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as error:
+        raise PushError(410, errno, message) from error
+
+
+def _json_body(required: bool) -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip() and not required:
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise PushError(400, None, "Body must be a JSON object")
+    return body
+
+
+def _subscription_fields(body: dict[str, Any]) -> tuple[uuid.UUID, bytes | None]:
+    try:
+        values = SUBSCRIPTION.load(body)
+    except ValidationError as error:
+        raise PushError(400, None, f"Invalid request: {error.messages}") from error
+    key = None
+    if values["key"]:
+        try:
+            key = decode_app_server_key(values["key"])
+        except ValueError as error:
+            raise PushError(400, None, "Invalid key") from error
+    return values["channelID"] or uuid.uuid4(), key
+
+
+def _add_channel(state: EndpointState, user: User, channel_id: uuid.UUID, key: bytes | None) -> str:
+    table = state.storage.message_table_for(user) or state.storage.tables.current
+    state.storage.messages(table).add_channel(user.uaid, str(channel_id))
+    return make_endpoint_url(state.crypto_keys, state.settings.endpoint_url, uuid.UUID(user.uaid), channel_id, key)
+
+
+def _client_tags() -> dict[str, str]:
+    return {"user_agent": request.headers.get("User-Agent", "")[:64], "host": request.host}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
