@@ -359,6 +359,11 @@ class Settings:
         ENDPOINT,
         "none",
     )
+    proxy_fix: bool = setting(
+        Flag(load_default=False),
+        "Trust one proxy's X-Forwarded-For/-Proto/-Host (behind nginx).",
+        ENDPOINT,
+    )
     crypto_keys_generated: bool = False
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from autopush_flask.config import Settings
 from autopush_flask.endpoint.diagnostics import diagnostics
@@ -27,4 +28,7 @@ def create_endpoint_app(settings: Settings, node_services: Services | None = Non
         app.register_blueprint(blueprint)
     install_error_handlers(app)
     install_response_headers(app, settings)
+    if settings.proxy_fix:
+        # Behind exactly one reverse proxy (deploy/nginx.conf) that sets these.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
     return app
