@@ -217,6 +217,9 @@ class Settings:
     human_logs: bool = setting(
         Flag(load_default=False), "Plain-text logs instead of JSON lines."
     )
+    sentry_dsn: str | None = setting(
+        _text(), "Report errors to Sentry (sentry-sdk's Flask integration) when set.", default_doc="none"
+    )
     max_data: int = setting(
         fields.Integer(load_default=4096, validate=POSITIVE), "Maximum raw push body in bytes."
     )

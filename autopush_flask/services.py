@@ -52,6 +52,8 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
             "survive a restart and other nodes cannot read them",
             extra=log_fields(setting="AUTOPUSH_CRYPTO_KEYS"),
         )
+    if settings.sentry_dsn:
+        _start_sentry(settings)
     if metrics is None:
         metrics = create_metrics(
             settings.statsd_host, settings.statsd_port, settings.statsd_prefix, settings.statsd_tags
@@ -61,6 +63,17 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
     for table in created:
         log.info("Created table", extra=log_fields(table=table))
     return Services(settings, storage, CryptoKeys(settings.crypto_keys), metrics, log)
+
+
+def _start_sentry(settings: Settings) -> None:
+    """Errors and error-level logs go to Sentry too (process-wide, like logging)."""
+    import sentry_sdk
+    from sentry_sdk.integrations.flask import FlaskIntegration
+
+    sentry_sdk.init(
+        dsn=settings.sentry_dsn, environment=settings.env, release=__version__,
+        integrations=[FlaskIntegration()], send_default_pii=False,
+    )
 
 
 def install(app: Flask, node_services: Services) -> None:
