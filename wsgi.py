@@ -4,6 +4,10 @@
     gunicorn wsgi:endpoint_app
 
 Each app is built on first access, so serving one never builds the other.
+
+``create_app`` is what the Flask CLI finds here when run from the repository
+root (``flask maintain-tables`` and the other commands of
+``autopush_flask/cli.py``); it builds neither node's app and opens no storage.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ def _build(node_type: str, factory: Callable[[Settings], Any]) -> Any:
     except StorageError as error:
         print(f"storage not usable at start-up: {error}", file=sys.stderr)
     raise SystemExit(BOOT_ERROR_STATUS)
+
+
+def create_app() -> Any:
+    """The Flask CLI's app: the operations commands only."""
+    from autopush_flask.cli import create_cli_app
+
+    return create_cli_app()
 
 
 def __getattr__(name: str) -> Any:
