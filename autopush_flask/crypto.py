@@ -14,6 +14,7 @@ import json
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -457,11 +458,21 @@ def verify_vapid(
 ) -> VapidResult:
     """All-or-nothing: anything short of a fully valid JWT is a VapidError."""
     creds = parse_vapid_authorization(authorization, crypto_key_header)
+    claims = _verified_claims(creds)
+    return _vapid_result(creds, claims, audience, now)
+
+
+def _verified_claims(creds: VapidCredentials) -> dict[str, Any]:
     try:
         key = decode_vapid_public_key(creds.public_key)
     except ValueError as exc:
         raise VapidError("invalid_public_key") from exc
-    claims = _verify_jwt(creds.token, key)
+    return _verify_jwt(creds.token, key)
+
+
+def _vapid_result(
+    creds: VapidCredentials, claims: dict[str, Any], audience: str, now: float | None
+) -> VapidResult:
     _check_claims(claims, audience, time.time() if now is None else now)
     return VapidResult(
         claims=claims,
@@ -470,6 +481,38 @@ def verify_vapid(
         version=2 if creds.scheme == "vapid" else 1,
         sub_problem=vapid_sub_problem(claims),
     )
+
+
+class VapidVerifier:
+    """``verify_vapid`` that remembers signatures it has already checked.
+
+    Application servers sign one JWT and reuse it for every push until it
+    expires; checking an ECDSA signature is most of the cost of a VAPID
+    check. Only (token, key) pairs whose signature verified are remembered;
+    ``aud`` and ``exp`` are checked on every call.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+
+    def verify(
+        self, authorization: str, crypto_key_header: str | None, audience: str, now: float | None = None
+    ) -> VapidResult:
+        creds = parse_vapid_authorization(authorization, crypto_key_header)
+        cache_key = (creds.token, creds.public_key)
+        claims = self._verified.get(cache_key)
+        if claims is None:
+            claims = _verified_claims(creds)
+            self._remember(cache_key, claims)
+        else:
+            self._verified.move_to_end(cache_key)
+        return _vapid_result(creds, claims, audience, now)
+
+    def _remember(self, cache_key: tuple[str, str], claims: dict[str, Any]) -> None:
+        self._verified[cache_key] = claims
+        if len(self._verified) > self._size:
+            self._verified.popitem(last=False)
 
 
 def vapid_key_hash(public_key_text: str) -> bytes:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import current_app
 
 from autopush_flask.config import Settings
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto import CryptoKeys, VapidVerifier
 from autopush_flask.db import Notification, Storage, User
 from autopush_flask.db.models import SortKeyClock
 from autopush_flask.routers.apns import ApnsRouter
@@ -32,6 +32,7 @@ class EndpointState:
     # Bridge routers with credentials: the types the registration API accepts.
     bridges: dict[str, BridgeRouter] = field(default_factory=dict)
     sortkeys: SortKeyClock = field(default_factory=SortKeyClock)
+    vapid: VapidVerifier = field(default_factory=VapidVerifier)
 
     @property
     def settings(self) -> Settings:

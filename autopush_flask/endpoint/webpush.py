@@ -21,7 +21,6 @@ from autopush_flask.crypto import (
     encode_base64url,
     parse_endpoint_token,
     vapid_key_hash,
-    verify_vapid,
 )
 from autopush_flask.db import Notification, StorageError, User
 from autopush_flask.db.models import WEBPUSH
@@ -77,7 +76,7 @@ def _check_vapid(subscription: EndpointToken) -> VapidResult | None:
         return None
     state = endpoint_state()
     try:
-        result = verify_vapid(authorization, request.headers.get("Crypto-Key"), state.vapid_audience)
+        result = state.vapid.verify(authorization, request.headers.get("Crypto-Key"), state.vapid_audience)
     except VapidError as error:
         state.metrics.increment("notification.auth.error", tags={"error": error.reason})
         raise unauthorized(f"Invalid authentication: {error.reason}") from error

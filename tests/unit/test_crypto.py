@@ -586,3 +586,22 @@ def test_verify_vapid_uses_wall_clock_by_default(signer, pub):
     assert verify_vapid(vapid_header(fresh, pub), None, AUD).version == 2
     with pytest.raises(VapidError):
         verify_vapid(vapid_header(sign(signer, _claims()), pub), None, AUD)  # NOW is in 2023
+
+
+def test_vapid_verifier_remembers_signatures_but_rechecks_claims(signer, other_signer, pub) -> None:
+    from autopush_flask.crypto import VapidVerifier
+
+    verifier = VapidVerifier(size=1)
+    token = sign(signer, _claims(exp=NOW + 600))
+    authorization = vapid_header(token, pub)
+    assert verifier.verify(authorization, None, AUD, now=NOW).claims["aud"] == AUD
+    assert verifier.verify(authorization, None, AUD, now=NOW).scheme == "vapid"  # from memory
+    with pytest.raises(VapidError, match="expired"):
+        verifier.verify(authorization, None, AUD, now=NOW + 601)
+    with pytest.raises(VapidError, match="bad_aud"):
+        verifier.verify(authorization, None, "https://other.example", now=NOW)
+    with pytest.raises(VapidError, match="bad_signature"):  # same token, a key that did not sign it
+        verifier.verify(vapid_header(token, _b64(raw_point(other_signer))), None, AUD, now=NOW)
+    other_token = sign(other_signer, _claims())
+    verifier.verify(vapid_header(other_token, _b64(raw_point(other_signer))), None, AUD, now=NOW)
+    assert len(verifier._verified) == 1  # bounded
