@@ -27,7 +27,7 @@ def parse_message(text: str) -> dict[str, Any]:
     """A JSON object, or ``ProtocolError``."""
     try:
         message = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: absurdly deep nesting
         raise ProtocolError("invalid JSON") from error
     if not isinstance(message, dict):
         raise ProtocolError("not a JSON object")

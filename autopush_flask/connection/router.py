@@ -6,6 +6,7 @@ notification, ask a client to check storage, or drop a stale duplicate.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import gevent
@@ -58,8 +59,8 @@ def push(uaid: str) -> Response:
     if client is None:
         return _text(*NOT_CONNECTED)
     try:
-        body = NOTIFICATION_SCHEMA.load(request.get_json(force=True, silent=True) or {})
-    except ValidationError:
+        body = NOTIFICATION_SCHEMA.load(json.loads(request.get_data()) or {})
+    except (ValueError, RecursionError, TypeError, ValidationError):
         return _text("Invalid notification", 400)
     notification = Notification(
         channel_id=str(body["channelID"]), version=body["version"], ttl=body["ttl"],

@@ -375,8 +375,8 @@ class Session:
             return
         key = message.get("key")
         try:
-            app_server_key = decode_app_server_key(key) if key else None
-        except (ValueError, TypeError):
+            app_server_key = _app_server_key(key)
+        except ValueError:
             yield Send(error_reply("register", 400, "Invalid key", channel_id))
             return
         try:
@@ -722,4 +722,13 @@ class Session:
 
 
 RESET_REASONS = frozenset({"too_many_messages", "old_record_version"})
+
+
+def _app_server_key(key: Any) -> bytes | None:
+    """Absent, null or "" mean an unrestricted endpoint; anything else must decode (SPEC §2.5)."""
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str):
+        raise ValueError("key must be a string")
+    return decode_app_server_key(key)
 

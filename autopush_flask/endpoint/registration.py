@@ -7,6 +7,7 @@ call's own validation.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -143,7 +144,10 @@ def _json_body(required: bool) -> dict[str, Any]:
     raw = request.get_data(cache=True)
     if not raw.strip() and not required:
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        body = None
     if not isinstance(body, dict):
         raise PushError(400, None, "Body must be a JSON object")
     return body
