@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test run clean docs version.json
+.PHONY: install test fuzz run clean docs version.json
 
 install: $(VENV)/.installed node_modules/.installed version.json
 
@@ -25,6 +25,11 @@ test: install
 	@$(VPY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; \
 	exit $$rc
+
+# Malformed traffic at full scale (acceptance item 4): >= 10,000 fuzzed WebSocket frames
+# and >= 10,000 schemathesis requests; `make test` runs the same tests at a smaller scale.
+fuzz: install
+	AUTOPUSH_FUZZ_SCALE=full $(VPY) -m pytest tests/e2e/test_malformed_traffic.py -p no:cacheprovider -o timeout=1800
 
 run: install
 	$(VPY) scripts/run-local
