@@ -15,7 +15,7 @@ from autopush_flask.db.models import SortKeyClock
 from autopush_flask.routers.apns import ApnsRouter
 from autopush_flask.routers.bridge import BridgeRouter, UnconfiguredBridge
 from autopush_flask.routers.fcm import FcmRouter
-from autopush_flask.routers.webpush import WebPushRouter, node_pool
+from autopush_flask.routers.webpush import MessageStamper, WebPushRouter, node_pool
 from autopush_flask.services import Services
 
 STATE_KEY = "autopush_endpoint"
@@ -28,10 +28,10 @@ class Router(Protocol):
 @dataclass
 class EndpointState:
     services: Services
+    stamper: MessageStamper
     routers: dict[str, Router] = field(default_factory=dict)
     # Bridge routers with credentials: the types the registration API accepts.
     bridges: dict[str, BridgeRouter] = field(default_factory=dict)
-    sortkeys: SortKeyClock = field(default_factory=SortKeyClock)
     vapid: VapidVerifier = field(default_factory=VapidVerifier)
 
     @property
@@ -63,11 +63,12 @@ class EndpointState:
 def build_state(node_services: Services) -> EndpointState:
     settings = node_services.settings
     http = node_pool(settings.node_connect_timeout, settings.node_request_timeout)
-    webpush = WebPushRouter(node_services.storage, node_services.metrics, http)
+    stamper = MessageStamper(node_services.crypto_keys, SortKeyClock())
+    webpush = WebPushRouter(node_services.storage, node_services.metrics, http, stamper)
     bridges = configured_bridges(node_services)
     routers: dict[str, Router] = {"webpush": webpush}
     routers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})
-    return EndpointState(node_services, routers, bridges)
+    return EndpointState(node_services, stamper, routers, bridges)
 
 
 BRIDGE_FACTORIES = {"fcm": ("fcm_credentials", FcmRouter), "apns": ("apns_channels", ApnsRouter)}

@@ -15,7 +15,6 @@ from flask import Blueprint, Response, request
 from autopush_flask.crypto import (
     EndpointToken,
     InvalidTokenError,
-    MessageId,
     VapidError,
     VapidResult,
     encode_base64url,
@@ -147,23 +146,17 @@ def _drop_user(uaid: str) -> None:
 
 
 def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes) -> Notification:
-    state = endpoint_state()
-    ids = (subscription.uaid, subscription.channel_id)
-    if headers.topic:
-        message_id, sortkey = MessageId.for_topic(*ids, headers.topic), None
-    else:
-        sortkey = state.sortkeys.next()
-        message_id = MessageId.for_timestamp(*ids, sortkey)
-    return Notification(
+    notification = Notification(
         channel_id=str(subscription.channel_id),
-        version=message_id.encode(state.crypto_keys),
+        version="",
         ttl=headers.ttl,
         timestamp=int(time.time()),
         topic=headers.topic,
-        sortkey_timestamp=sortkey,
         data=encode_base64url(body) if body else None,
         headers=headers.crypto_headers if body else None,
     )
+    endpoint_state().stamper.stamp(subscription.uaid.hex, notification)
+    return notification
 
 
 def _count_success(destination: str, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders) -> None:

@@ -12,10 +12,13 @@ import logging
 from typing import Any
 
 import json
+import uuid
 
 import urllib3
 
+from autopush_flask.crypto import CryptoKeys, MessageId
 from autopush_flask.db import Notification, Storage, StorageError, User
+from autopush_flask.db.models import SortKeyClock
 from autopush_flask.endpoint.errors import PushError, storage_error
 from autopush_flask.logging import log_fields
 
@@ -24,6 +27,29 @@ STORE_ERRNO = 201  # a failed store is always "back off" (SPEC §7.8)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 log = logging.getLogger("autopush.router")
+
+
+class MessageStamper:
+    """Gives a notification its message id and, unless it has a topic, its sort-key time.
+
+    A stored message must be stamped right before it is written: a stamp
+    taken earlier (before trying the connection node) can fall below the
+    bookmark of a later message that was stored, delivered and acknowledged
+    in between, and the drain would never read it (SPEC §2.15).
+    """
+
+    def __init__(self, crypto_keys: CryptoKeys, clock: SortKeyClock) -> None:
+        self._keys = crypto_keys
+        self._clock = clock
+
+    def stamp(self, uaid: str, notification: Notification) -> None:
+        ids = (uuid.UUID(uaid), uuid.UUID(notification.channel_id))
+        if notification.topic:
+            message_id = MessageId.for_topic(*ids, notification.topic)
+        else:
+            notification.sortkey_timestamp = self._clock.next()
+            message_id = MessageId.for_timestamp(*ids, notification.sortkey_timestamp)
+        notification.version = message_id.encode(self._keys)
 
 
 class NodeUnreachable(Exception):
@@ -45,13 +71,20 @@ def node_pool(connect_timeout: float, request_timeout: float) -> urllib3.PoolMan
 
 
 class WebPushRouter:
-    def __init__(self, storage: Storage, metrics: Any, http: urllib3.PoolManager) -> None:
+    def __init__(
+        self, storage: Storage, metrics: Any, http: urllib3.PoolManager, stamper: MessageStamper
+    ) -> None:
         self._storage = storage
         self._metrics = metrics
         self._http = http
+        self._stamper = stamper
 
     def route(self, user: User, notification: Notification) -> str:
-        """Deliver, discard (TTL 0) or store; returns "Direct", "Expired" or "Stored"."""
+        """Deliver, discard (TTL 0) or store; returns "Direct", "Expired" or "Stored".
+
+        A stored message is stamped again, so ``notification.version`` is the
+        id of what was stored.
+        """
         if user.node_id and self._deliver_direct(user, notification):
             return "Direct"
         if notification.ttl == 0:
@@ -71,6 +104,7 @@ class WebPushRouter:
         return status == 200
 
     def _store(self, user: User, notification: Notification) -> None:
+        self._stamper.stamp(user.uaid, notification)
         table = self._storage.message_table_for(user)
         try:
             self._storage.messages(table).save_message(user.uaid, notification)
