@@ -654,6 +654,29 @@ class Session:
             return
         self.message_table = new
         self.rotate = False
+        yield from self._carry_over(old, new)
+
+    def _carry_over(self, old: str, new: str) -> Effects:
+        """Move what reached the old table while we switched (SPEC §7.7 edge case).
+
+        An endpoint that read the record before ``current_month`` changed
+        stores in the old table, which this session no longer reads: copy
+        such messages (same keys and versions) into the new table and drain.
+        """
+        uaid, bookmark = self.uaid, self.bookmark
+        try:
+            _, topics = yield Db("fetch_topic_messages", lambda s: s.messages(old).fetch_topic_messages(uaid))
+            _, stamped = yield Db(
+                "fetch_timestamp_messages", lambda s: s.messages(old).fetch_timestamp_messages(uaid, bookmark)
+            )
+            late = topics + stamped
+            if late:
+                yield Db("save_messages", lambda s: s.messages(new).save_messages(uaid, late))
+        except StorageError as error:
+            log.warning("carry-over failed", extra=log_fields(error=str(error), uaid_hash=uaid))
+            return
+        if late:
+            yield from self._start_drain()
 
     def _retry_migration(self) -> Effects:
         if self.rotate and not self.draining and self.state == IDENTIFIED:

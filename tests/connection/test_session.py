@@ -748,3 +748,36 @@ def test_23_ping_timeout_closes_1011(node: Node) -> None:
     client.run(client.session.on_ping_timeout())
     assert client.closed == Close(1011, "no pong")
     assert client.session.disconnect_reason == "ping timeout"
+
+
+def test_153_message_stored_in_the_old_table_during_migration_is_carried_over(rotation, keys) -> None:
+    """SPEC §7.7 edge case: an endpoint still writes to the old month while the node switches."""
+    from autopush_flask.connection.effects import Db
+
+    storage, prefix = rotation
+    old_table, new_table = f"{prefix}_2026_02", f"{prefix}_2026_03"
+    uaid, channel_id = uuid.uuid4().hex, chid()
+    storage.router.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=old_table,
+                                 last_connect=202602010003))
+    storage.messages(old_table).add_channel(uaid, channel_id)
+    node = Node(storage, keys, clock=FakeClock(dt.datetime(2026, 3, 10, 12).timestamp()))
+    first = make_notification(node, uaid, channel_id)
+    storage.messages(old_table).save_message(uaid, first)
+    late = make_notification(node, uaid, channel_id)
+    client = node.client()
+    perform = client.perform
+
+    def endpoint_races_the_switch(effect):
+        if isinstance(effect, Db) and effect.name == "update_message_month":
+            storage.messages(old_table).save_message(uaid, late)  # read current_month before the switch
+        return perform(effect)
+
+    client.perform = endpoint_races_the_switch
+    client.hello(uaid)
+    [delivered] = client.notifications()
+    client.ack(delivered)
+    assert storage.router.get_user(uaid).current_month == new_table
+    assert client.notifications()[-1]["version"] == late.version
+    assert [m.version for m in storage.messages(new_table).fetch_timestamp_messages(uaid, None)[1]] == [
+        late.version
+    ]
