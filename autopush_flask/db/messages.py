@@ -16,7 +16,7 @@ from autopush_flask.db.models import (
     TIMESTAMP_PREFIX,
     Notification,
     after_bookmark_key,
-    is_dashed_uuid,
+    registered_channels,
 )
 
 BATCH_WRITE_LIMIT = 25
@@ -91,8 +91,7 @@ class MessageStore:
             Key=self._channel_list_key(uaid),
             ConsistentRead=True,
         )
-        chids = from_item(response.get("Item")).get("chids", [])
-        return [chid for chid in chids if is_dashed_uuid(chid)]
+        return registered_channels(from_item(response.get("Item")))
 
     def save_channels(self, uaid: str, channel_ids: Iterable[str]) -> None:
         """Rotation-mode migration: overwrite the channel list in this table."""

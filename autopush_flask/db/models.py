@@ -39,6 +39,12 @@ def is_dashed_uuid(text: str) -> bool:
         return False
 
 
+def registered_channels(channel_list_item: dict[str, Any] | None) -> list[str]:
+    """The CHIDs of a channel-list item, ignoring entries that are not dashed UUIDs."""
+    chids = (channel_list_item or {}).get("chids", [])
+    return [chid for chid in chids if is_dashed_uuid(chid)]
+
+
 @dataclass
 class User:
     """One router record. Absent attributes are ``None`` and never written."""

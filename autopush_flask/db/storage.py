@@ -14,7 +14,7 @@ from autopush_flask.db.client import DynamoDB, create_boto_client
 from autopush_flask.db.errors import StorageError
 from autopush_flask.db.messages import MessageStore
 from autopush_flask.db.attributes import from_item
-from autopush_flask.db.models import CHANNEL_LIST_KEY, Notification, User, is_dashed_uuid
+from autopush_flask.db.models import CHANNEL_LIST_KEY, Notification, User, registered_channels
 from autopush_flask.db.rotation import MessageTables, connected_this_month, last_connect_value
 from autopush_flask.db.router import RouterStore
 from autopush_flask.db.tables import TableAdmin
@@ -93,8 +93,7 @@ class Storage:
         user_items = [from_item(item) for item in found.get(router_table, [])]
         channel_items = [from_item(item) for item in found.get(message_table, [])]
         user = self.router.user_from_item(uaid, user_items[0] if user_items else {})
-        channels = channel_items[0].get("chids", []) if channel_items else []
-        return user, [chid for chid in channels if is_dashed_uuid(chid)]
+        return user, registered_channels(channel_items[0] if channel_items else None)
 
     def new_last_connect(self) -> int:
         return last_connect_value(self._clock())

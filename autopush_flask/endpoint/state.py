@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -50,7 +51,7 @@ class EndpointState:
     def metrics(self) -> Any:
         return self.services.metrics
 
-    @property
+    @cached_property
     def vapid_audience(self) -> str:
         """The origin of our endpoint URLs: what a VAPID ``aud`` must say."""
         parts = urlsplit(self.settings.endpoint_url)

@@ -7,7 +7,6 @@ browser is away.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -150,13 +149,15 @@ class WebPushRouter:
 
 
 def _node_payload(notification: Notification) -> dict:
+    """The body of ``PUT /push`` (SPEC §3.1): data and headers only with a body."""
     payload = {
-        key: value
-        for key, value in dataclasses.asdict(notification).items()
-        if key in ("version", "ttl", "topic", "timestamp", "data", "headers")
+        "channelID": notification.channel_id,
+        "version": notification.version,
+        "ttl": notification.ttl,
+        "topic": notification.topic,
+        "timestamp": notification.timestamp,
     }
-    payload["channelID"] = notification.channel_id
-    if not notification.data:
-        payload.pop("data")
-        payload.pop("headers")
+    if notification.data:
+        payload["data"] = notification.data
+        payload["headers"] = notification.headers
     return payload
