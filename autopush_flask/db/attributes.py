@@ -8,6 +8,7 @@ sorted lists.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,8 +66,8 @@ def from_attribute(attribute: Mapping[str, Any]) -> Any:
         return bool(value)
     if kind == "NULL":
         return None
-    if kind == "B":
-        return bytes(value)
+    if kind == "B":  # base64 on the wire, bytes from boto3
+        return base64.b64decode(value) if isinstance(value, str) else bytes(value)
     raise TypeError(f"unsupported DynamoDB attribute type {kind}")
 
 

@@ -1,23 +1,32 @@
 """The one DynamoDB client of a process, with the SPEC §7.8 retry policy.
 
-One boto3 low-level client per worker process, created after fork and shared
-by all greenlets (DESIGN §2). botocore's own retries are switched off so that
+One client per worker process, created after fork and shared by all
+greenlets (DESIGN §2): item operations go through the lean signed client of
+``db/wire.py``, table administration through a boto3 low-level client built
+from the same session. botocore's own retries are switched off so that
 retries, their back-off and the ``database.retry`` metric live here, next to
 the error mapping.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
+import ssl
+
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.httpsession import where as default_ca_bundle
 
 from autopush_flask import __version__
 from autopush_flask.db.errors import StorageError, map_error
+from autopush_flask.db.wire import ITEM_OPERATIONS, ItemClient
+from autopush_flask.keepalive import ConnectionPool
 
 DEFAULT_REGION = "us-east-1"
 MAX_ATTEMPTS = 3
@@ -39,22 +48,27 @@ class DynamoDB:
     def __init__(
         self,
         client: Any,
+        items: ItemClient | None,
         metrics: Any,
         max_attempts: int = MAX_ATTEMPTS,
         base_delay: float = BASE_DELAY_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
+        self._items = items
         self._metrics = metrics
         self._max_attempts = max_attempts
         self._base_delay = base_delay
         self._sleep = sleep
 
     def call(self, operation: str, **kwargs: Any) -> dict:
-        method = getattr(self.client, operation)
+        if self._items is not None and operation in ITEM_OPERATIONS:
+            send = functools.partial(self._items.call, operation, kwargs)
+        else:
+            send = functools.partial(getattr(self.client, operation), **kwargs)
         for attempt in range(1, self._max_attempts + 1):
             try:
-                return method(**kwargs)
+                return send()
             except Exception as raw:  # noqa: BLE001 - every failure is mapped below
                 error = map_error(raw, operation)
             if not error.retryable or attempt == self._max_attempts:
@@ -68,15 +82,35 @@ class DynamoDB:
         return random.uniform(0, self._base_delay * (2 ** (attempt - 1)))
 
 
-def create_boto_client(endpoint_url: str | None, max_pool_connections: int = MAX_POOL_CONNECTIONS) -> Any:
-    """A DynamoDB low-level client; the local DynamoDB needs no real credentials."""
-    session = boto3.session.Session()
-    credentials = {}
-    if endpoint_url and session.get_credentials() is None:
-        credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+def connect(endpoint_url: str | None, metrics: Any) -> DynamoDB:
+    """The process's client; the local DynamoDB needs no real credentials."""
+    core = botocore.session.get_session()
+    if endpoint_url and core.get_credentials() is None:
+        core.set_credentials("local", "local")
+    session = boto3.session.Session(botocore_session=core)
+    client = create_boto_client(session, endpoint_url)
+    origin = client.meta.endpoint_url
+    pool = ConnectionPool(
+        origin,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        timeout=READ_TIMEOUT_SECONDS,
+        max_idle=MAX_POOL_CONNECTIONS,
+        ssl_context=_tls_context(core) if origin.startswith("https:") else None,
+    )
+    items = ItemClient(pool, client.meta.region_name, session.get_credentials(), USER_AGENT)
+    return DynamoDB(client, items, metrics)
+
+
+def _tls_context(core: botocore.session.Session) -> ssl.SSLContext:
+    """Verify DynamoDB's certificate against the CA bundle boto3 would use."""
+    return ssl.create_default_context(cafile=core.get_config_variable("ca_bundle") or default_ca_bundle())
+
+
+def create_boto_client(session: Any, endpoint_url: str | None) -> Any:
+    """The boto3 low-level client (table administration, endpoint and region resolution)."""
     config = Config(
         retries={"total_max_attempts": 1},
-        max_pool_connections=max_pool_connections,
+        max_pool_connections=MAX_POOL_CONNECTIONS,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=READ_TIMEOUT_SECONDS,
         # Requests are built by db/ alone and covered by the storage tests;
@@ -91,5 +125,4 @@ def create_boto_client(endpoint_url: str | None, max_pool_connections: int = MAX
         endpoint_url=endpoint_url,
         region_name=session.region_name or DEFAULT_REGION,
         config=config,
-        **credentials,
     )

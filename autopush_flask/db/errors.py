@@ -65,7 +65,7 @@ def map_error(error: Exception, operation: str) -> StorageError:
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         message = f"{operation}: {code}: {error.response.get('Error', {}).get('Message', '')}"
-        return _client_error_type(code)(message, operation, code)
+        return error_for_code(code)(message, operation, code)
     if isinstance(error, (BotoConnectionError, HTTPClientError)):
         return StorageUnavailable(f"{operation}: {error}", operation, type(error).__name__)
     if isinstance(error, BotoCoreError):
@@ -73,7 +73,8 @@ def map_error(error: Exception, operation: str) -> StorageError:
     raise error
 
 
-def _client_error_type(code: str) -> type[StorageError]:
+def error_for_code(code: str) -> type[StorageError]:
+    """The error type of a DynamoDB error code (the part after '#' of ``__type``)."""
     if code in THROTTLING_CODES:
         return StorageThrottled
     if code == "ConditionalCheckFailedException":

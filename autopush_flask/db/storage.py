@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autopush_flask.config import Settings
-from autopush_flask.db.client import DynamoDB, create_boto_client
+from autopush_flask.db.client import DynamoDB, connect
 from autopush_flask.db.errors import StorageError
 from autopush_flask.db.messages import MessageStore
 from autopush_flask.db.attributes import from_item
@@ -161,5 +161,4 @@ def create_storage(
     clock: Callable[[], dt.datetime] = dt.datetime.now,
 ) -> Storage:
     """Build the process's storage; call after fork so each worker has its own client."""
-    client = create_boto_client(settings.ddb_endpoint)
-    return Storage(DynamoDB(client, metrics), settings, metrics, clock)
+    return Storage(connect(settings.ddb_endpoint, metrics), settings, metrics, clock)
