@@ -7,23 +7,21 @@ browser is away.
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import json
+import logging
 import uuid
-
-import urllib3
+from typing import Any
 
 from autopush_flask.crypto import CryptoKeys, MessageId
 from autopush_flask.db import Notification, Storage, StorageError, User
 from autopush_flask.db.models import SortKeyClock
 from autopush_flask.endpoint.errors import PushError, storage_error
+from autopush_flask.keepalive import HTTPFailure, HTTPTimeout, PoolManager
 from autopush_flask.logging import log_fields
 
 NODE_POOL_SIZE = 100
 STORE_ERRNO = 201  # a failed store is always "back off" (SPEC §7.8)
-JSON_HEADERS = {"Content-Type": "application/json"}
+JSON_HEADERS = [("Content-Type", "application/json")]
 
 log = logging.getLogger("autopush.router")
 
@@ -55,23 +53,18 @@ class NodeUnreachable(Exception):
     """The connection node could not be reached at the network level."""
 
 
-def node_pool(connect_timeout: float, request_timeout: float) -> urllib3.PoolManager:
+def node_pool(connect_timeout: float, request_timeout: float) -> PoolManager:
     """Pooled keep-alive HTTP to connection nodes, one per worker process.
 
-    Plain urllib3: this call is on every push's path, and requests' extra
-    layers cost as much CPU as the call itself.
+    This call is on every push's path; see ``keepalive`` for why it does not
+    go through urllib3 or requests.
     """
-    return urllib3.PoolManager(
-        num_pools=NODE_POOL_SIZE,
-        maxsize=NODE_POOL_SIZE,
-        retries=False,
-        timeout=urllib3.Timeout(connect=connect_timeout, total=request_timeout),
-    )
+    return PoolManager(connect_timeout, request_timeout, max_pools=NODE_POOL_SIZE)
 
 
 class WebPushRouter:
     def __init__(
-        self, storage: Storage, metrics: Any, http: urllib3.PoolManager, stamper: MessageStamper
+        self, storage: Storage, metrics: Any, http: PoolManager, stamper: MessageStamper
     ) -> None:
         self._storage = storage
         self._metrics = metrics
@@ -130,11 +123,11 @@ class WebPushRouter:
     def _put(self, url: str, payload: dict | None) -> int:
         body = json.dumps(payload).encode() if payload is not None else b""
         try:
-            response = self._http.request("PUT", url, body=body, headers=JSON_HEADERS)
-        except urllib3.exceptions.TimeoutError as error:
+            response = self._http.request("PUT", url, JSON_HEADERS, body)
+        except HTTPTimeout as error:
             self._metrics.increment("error.node.timeout")
             raise NodeUnreachable(str(error)) from error
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+        except HTTPFailure as error:
             self._metrics.increment("error.node.connect")
             raise NodeUnreachable(str(error)) from error
         return response.status
