@@ -18,6 +18,12 @@ from geventwebsocket.websocket import Header, ProtocolError, Stream, WebSocket
 MAX_MESSAGE_BYTES = 64 * 1024
 CLOSE_TOO_BIG = 1009
 MAX_CLOSE_REASON = 123
+# The read buffer of each connection. Push clients send small frames (a
+# few hundred bytes), longer ones are read straight into their message.
+# The stock 8 KiB buffer stays allocated for as long as a client is
+# connected, and once heap pages dirtied by earlier requests are reused
+# for it, all of it is resident: most of an idle client's memory.
+READ_BUFFER_BYTES = 1024
 
 
 class MessageTooBig(Exception):
@@ -83,7 +89,13 @@ class PushWebSocket(WebSocket):
 
 
 class PushWebSocketHandler(WebSocketHandler):
-    """gevent-websocket's handler with a connection limit and ``PushWebSocket``."""
+    """gevent-websocket's handler with a connection limit, a small read buffer and
+    ``PushWebSocket``."""
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        if rfile is None:
+            rfile = sock.makefile("rb", READ_BUFFER_BYTES)
+        super().__init__(sock, address, server, rfile)
 
     def upgrade_connection(self) -> Any:
         node = getattr(self.application, "node", None)

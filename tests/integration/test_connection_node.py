@@ -223,6 +223,24 @@ def test_bad_frames_get_their_close_code_and_others_are_unaffected(cluster: Clus
     assert bystander.receive()["version"] == "still"
 
 
+def test_long_requests_and_messages_and_batched_frames_arrive_whole(cluster: Cluster) -> None:
+    """Each connection reads through a small buffer: longer input must still arrive intact."""
+    client = PushClient(cluster.ws_url, header={"Cookie": "c=" + "x" * 6000})
+    cluster.clients.append(client)
+    client.hello()
+    channel_id = str(uuid.uuid4())
+    padding = " " * (64 * 1024 - 200)
+    client.send(f'{{"messageType": "register",{padding}"channelID": "{channel_id}"}}')
+    reply = client.receive()
+    assert (reply["messageType"], reply["channelID"], reply["status"]) == ("register", channel_id, 200)
+    frames = [str(uuid.uuid4()) for _ in range(20)]
+    client.ws.sock.sendall(b"".join(
+        websocket.ABNF.create_frame(f'{{"messageType":"register","channelID":"{c}"}}', websocket.ABNF.OPCODE_TEXT)
+        .format() for c in frames
+    ))
+    assert [client.receive()["channelID"] for _ in frames] == frames
+
+
 def test_half_open_socket_does_not_disturb_the_worker(cluster: Cluster) -> None:
     raw = socket.create_connection(("127.0.0.1", cluster.node.port))
     raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
