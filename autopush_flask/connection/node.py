@@ -17,6 +17,7 @@ import gevent
 import requests
 from gevent.pywsgi import WSGIServer
 
+from autopush_flask.connection import greenlets
 from autopush_flask.connection.broadcast import BroadcastRegistry, MegaphonePoller
 from autopush_flask.connection.registry import ClientRegistry
 from autopush_flask.connection.session import NodeContext
@@ -114,7 +115,7 @@ class ConnectionNode:
         """Enter an identified client; a displaced duplicate is closed (SPEC §2.18)."""
         loser = self.registry.register(connection.session.uaid, connection)
         if loser is not None:
-            gevent.spawn(loser.run, loser.session.on_evict, loser.connected_at)
+            greenlets.spawn(loser.run, loser.session.on_evict, loser.connected_at)
 
     def call_storage(self, call: Callable[[Storage], Any]) -> Any:
         """Run a storage call in a short-lived greenlet.
@@ -124,10 +125,10 @@ class ConnectionNode:
         touched, so deep calls there would cost each idle client ~8 KiB of
         RSS for good; a short-lived greenlet gives those pages back.
         """
-        return gevent.spawn(call, self.storage).get()
+        return greenlets.spawn(call, self.storage).get()
 
     def node_request(self, method: str, url: str) -> None:
-        gevent.spawn(self._node_request, method, url)
+        greenlets.spawn(self._node_request, method, url)
 
     def _node_request(self, method: str, url: str) -> None:
         timeout = self.settings.node_connect_timeout

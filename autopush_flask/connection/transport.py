@@ -15,6 +15,7 @@ import gevent
 from gevent.lock import Semaphore
 from geventwebsocket.exceptions import WebSocketError
 
+from autopush_flask.connection import greenlets
 from autopush_flask.connection.effects import (
     Close,
     Db,
@@ -148,7 +149,7 @@ class ClientConnection:
         elif isinstance(effect, Sleep):
             gevent.sleep(effect.seconds)
         elif isinstance(effect, Schedule):
-            gevent.spawn_later(effect.delay, self.run, effect.handler)
+            greenlets.spawn_later(effect.delay, self.run, effect.handler)
         return None
 
     def _close(self, effect: Close) -> None:
