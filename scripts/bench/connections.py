@@ -61,20 +61,24 @@ def open_clients(url: str, count: int, mode: str, registers: int) -> None:
     clients = []
     options = {"subprotocols": ["push-notification"]} if mode == "push" else {}
     started = time.perf_counter()
+    greeting = 0.0  # connect + hello (or the echo) only, without registers
     for _ in range(count):
+        begun = time.perf_counter()
         ws = websocket.create_connection(url, timeout=30, **options)
         if mode == "push":
             ws.send(json.dumps({"messageType": "hello", "use_webpush": True, "broadcasts": {}}))
             ws.recv()
+            greeting += time.perf_counter() - begun
             for _ in range(registers):
                 ws.send(json.dumps({"messageType": "register", "channelID": str(uuid.uuid4())}))
                 ws.recv()
         else:
             ws.send("hello")
             ws.recv()
+            greeting += time.perf_counter() - begun
         clients.append(ws)
     elapsed = time.perf_counter() - started
-    print(json.dumps({"clients": count, "seconds": elapsed}), flush=True)
+    print(json.dumps({"clients": count, "seconds": elapsed, "greeting_seconds": greeting}), flush=True)
     sys.stdin.readline()
 
 
@@ -143,6 +147,7 @@ def measure(
     return {
         "per_client_kib": (after - before) / count,
         "rate": count / report["seconds"],
+        "greeting_rate": count / report["greeting_seconds"],
         "rss_before_kib": before,
         "rss_after_kib": after,
         "snapshots": snapshots,
@@ -235,6 +240,8 @@ def main() -> int:
               f"{push['rate']:.0f} clients/s")
     if floor and push:
         print(f"memory ratio: {push['per_client_kib'] / floor['per_client_kib']:.2f} (target <= 1.2)")
+        print(f"hellos: {push['greeting_rate']:.0f}/s (connect + hello, one client at a time) against the floor's "
+              f"{floor['greeting_rate']:.0f} connects/s (connect + echo)")
     if args.breakdown:
         for name, result in (("floor", floor), ("connection node", push)):
             if result:
