@@ -17,7 +17,7 @@ from autopush_flask.db.errors import ConditionFailed, StorageError, StorageThrot
 from autopush_flask.db.wire import CONTENT_TYPE, ItemClient, SigV4Signer
 from autopush_flask.keepalive import ConnectionPool
 from autopush_flask.metrics import RecordingMetrics
-from tests.support.scripted_http import Answer, ScriptedServer, ok
+from tests.support.scripted_http import Answer, ScriptedServer
 
 NOW = dt.datetime(2026, 11, 21, 9, 30, 15, tzinfo=dt.timezone.utc)
 BODY = b'{"TableName":"router","Key":{"uaid":{"S":"abc"}}}'
