@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.sockets import close_quietly
+
 CLIENT_CN = "apns-test-client"
 
 
@@ -202,7 +204,7 @@ class FakeApns:
         self._stopped = True
         self._listener.close()
         for sock in list(self._open):
-            _close_quietly(sock)
+            close_quietly(sock)
 
     # ---- internals
 
@@ -222,7 +224,7 @@ class FakeApns:
         try:
             sock = self._tls.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
-            _close_quietly(raw)
+            close_quietly(raw)
             return
         with self._lock:
             self.connections += 1
@@ -241,14 +243,6 @@ def _client_cn(sock: ssl.SSLSocket) -> str | None:
             if key == "commonName":
                 return value
     return None
-
-
-def _close_quietly(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 @dataclass
@@ -368,4 +362,4 @@ class _Connection:
 
     def _close(self) -> None:
         self.closed = True
-        _close_quietly(self.sock)
+        close_quietly(self.sock)

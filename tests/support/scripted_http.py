@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from tests.support.sockets import close_quietly
+
 
 @dataclass
 class Answer:
@@ -60,7 +62,7 @@ class ScriptedServer:
         """Close every open connection, as a server does with idle keep-alive ones."""
         with self._lock:
             for sock in self._open:
-                _shut(sock)
+                close_quietly(sock)
             self._open.clear()
 
     def stop(self) -> None:
@@ -106,7 +108,7 @@ class ScriptedServer:
         except OSError:
             pass
         finally:
-            _shut(sock)
+            close_quietly(sock)
 
 
 def _read_until(sock: socket.socket, buffer: bytes, marker: bytes) -> tuple[bytes | None, bytes]:
@@ -125,11 +127,3 @@ def _content_length(head: bytes) -> int:
         if name.strip().lower() == b"content-length":
             return int(value)
     return 0
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
