@@ -120,10 +120,11 @@ class ConnectionNode:
     def call_storage(self, call: Callable[[Storage], Any]) -> Any:
         """Run a storage call in a short-lived greenlet.
 
-        boto3 calls run hundreds of frames deep. A client's own greenlet
-        lives for hours and keeps every page of frame stack it ever
-        touched, so deep calls there would cost each idle client ~8 KiB of
-        RSS for good; a short-lived greenlet gives those pages back.
+        A storage call (encoding, signing, HTTP, retries) runs far deeper
+        than anything else a session does. A client's own greenlet lives for
+        hours and keeps every page of frame stack it ever touched, so deep
+        calls there would stay in each idle client's RSS for good; a
+        short-lived greenlet gives those pages back.
         """
         return greenlets.spawn(call, self.storage).get()
 

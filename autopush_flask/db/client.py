@@ -38,7 +38,9 @@ USER_AGENT = f"autopush-flask/{__version__}"
 
 
 class DynamoDB:
-    """Calls the low-level client, retrying throttling and transport errors.
+    """Sends each call (item operations through ``ItemClient``, table
+    administration through the boto3 client), retrying throttling and
+    transport errors.
 
     Every failure leaves as a typed ``StorageError``; conditional-check
     failures are raised at once as ``ConditionFailed`` for the caller to read
@@ -48,7 +50,7 @@ class DynamoDB:
     def __init__(
         self,
         client: Any,
-        items: ItemClient | None,
+        items: ItemClient,
         metrics: Any,
         max_attempts: int = MAX_ATTEMPTS,
         base_delay: float = BASE_DELAY_SECONDS,
@@ -62,7 +64,7 @@ class DynamoDB:
         self._sleep = sleep
 
     def call(self, operation: str, **kwargs: Any) -> dict:
-        if self._items is not None and operation in ITEM_OPERATIONS:
+        if operation in ITEM_OPERATIONS:
             send = functools.partial(self._items.call, operation, kwargs)
         else:
             send = functools.partial(getattr(self.client, operation), **kwargs)
