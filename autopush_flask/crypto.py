@@ -21,8 +21,10 @@ from typing import Any, Literal, Sequence
 import jwt
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from autopush_flask.db.models import timestamp_sort_key, topic_sort_key
@@ -96,14 +98,30 @@ def encode_base64url(data: bytes) -> str:
 class CryptoKeys:
     """Rotation-friendly Fernet keys: the first encrypts, all decrypt, no TTL."""
 
-    __slots__ = ("_fernet",)
+    __slots__ = ("_fernet", "_keys")
 
     def __init__(self, keys: Sequence[str]) -> None:
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys must be a list of key strings, not one string")
         if not keys:
             raise ValueError("at least one crypto key is required")
+        self._keys = tuple(keys)
         self._fernet = MultiFernet([Fernet(key) for key in keys])
+
+    def derive(self, label: bytes) -> tuple[bytes, ...]:
+        """One 32-byte subkey per configured key (newest first) for ``label``.
+
+        Other secrets the nodes need (the router's request signatures, the
+        log's UAID hash) come from the keys every node already shares, so
+        there is no new secret to distribute, and a subkey of one purpose
+        reveals nothing about the Fernet key or another purpose's subkey.
+        """
+        return tuple(
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(
+                base64.urlsafe_b64decode(key)
+            )
+            for key in self._keys
+        )
 
     def encrypt(self, data: bytes) -> str:
         """Padded Fernet text, as message ids are used verbatim (SPEC §4.9)."""
