@@ -136,8 +136,14 @@ class MessageStore:
         )
 
     def save_messages(self, uaid: str, notifications: Sequence[Notification]) -> None:
-        """Batch writes of at most 25, resending whatever DynamoDB left unprocessed."""
-        items = [{"PutRequest": {"Item": to_item(n.to_item(uaid))}} for n in notifications]
+        """Batch writes of at most 25, resending whatever DynamoDB left unprocessed.
+
+        DynamoDB refuses a whole batch whose keys repeat, and two topic
+        messages of one channel share a key: only the last (newest) of them
+        is written, as a put of each in turn would leave.
+        """
+        newest = {n.sort_key: n for n in notifications}
+        items = [{"PutRequest": {"Item": to_item(n.to_item(uaid))}} for n in newest.values()]
         for start in range(0, len(items), BATCH_WRITE_LIMIT):
             self._write_batch(items[start : start + BATCH_WRITE_LIMIT])
 

@@ -210,6 +210,22 @@ def test_save_messages_writes_batches_over_25_items(storage: Storage) -> None:
     assert len(raw_items(storage, uaid)) == 60
 
 
+def test_save_messages_keeps_the_newest_of_repeated_topic_keys(storage: Storage) -> None:
+    """DynamoDB refuses a batch whose keys repeat: all of it would be lost."""
+    uaid, chid, other = new_uaid(), new_chid(), new_chid()
+    batch = [
+        topical(chid, "Inbox", "older"),
+        stamped(other, 1_000_000_000_000_001),
+        topical(chid, "Inbox", "newer"),
+        topical(other, "Inbox", "alone"),
+    ]
+    storage.messages().save_messages(uaid, batch)
+    items = {i["chidmessageid"]: i.get("updateid") for i in map(from_item, raw_items(storage, uaid))}
+    assert len(items) == 3
+    assert items[f"01:{chid}:Inbox"] == "newer"
+    assert items[f"01:{other}:Inbox"] == "alone"
+
+
 def test_delete_message_unconditional(storage: Storage) -> None:
     uaid, chid = new_uaid(), new_chid()
     message = stamped(chid, 7)

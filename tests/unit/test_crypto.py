@@ -163,6 +163,16 @@ def test_crypto_keys_requires_a_list_of_keys():
         CryptoKeys(["not-a-fernet-key"])
 
 
+def test_derived_subkeys_follow_key_order_and_purpose():
+    old, new = CryptoKeys.generate_key(), CryptoKeys.generate_key()
+    rotated = CryptoKeys([new, old]).derive(b"purpose one")
+    assert rotated == tuple(reversed(CryptoKeys([old, new]).derive(b"purpose one")))
+    assert len(rotated) == 2 and all(len(subkey) == 32 for subkey in rotated)
+    assert rotated[0] != rotated[1]
+    assert CryptoKeys([new]).derive(b"purpose two")[0] != rotated[0]
+    assert rotated[0] not in base64.urlsafe_b64decode(new)
+
+
 def test_generate_key_is_a_44_char_fernet_key():
     key = CryptoKeys.generate_key()
     assert len(key) == 44 and key.endswith("=")
