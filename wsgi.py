@@ -8,6 +8,8 @@ Each app is built on first access, so serving one never builds the other.
 ``create_app`` is what the Flask CLI finds here when run from the repository
 root (``flask maintain-tables`` and the other commands of
 ``autopush_flask/cli.py``); it builds neither node's app and opens no storage.
+The commands read the settings themselves and do not require crypto keys:
+only ``endpoint-diagnostic`` deciphers tokens, and it refuses without them.
 """
 
 from __future__ import annotations

@@ -54,8 +54,13 @@ def fail(message: str) -> NoReturn:
 
 
 def command_settings(command: str) -> Settings:
+    """The endpoint node's settings; crypto keys are optional here.
+
+    Only ``endpoint-diagnostic`` reads tokens, and it refuses without keys
+    itself; table maintenance and ``drop-user`` must work without them.
+    """
     try:
-        return load_settings(ENDPOINT, os.environ)
+        return load_settings(ENDPOINT, os.environ, require_crypto_keys=False)
     except SettingsError as error:
         fail(f"{command}: {error}")
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import json
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,18 @@ from marshmallow import Schema, ValidationError, fields, validate
 PREFIX = "AUTOPUSH_"
 CONFIG_FILE_VARIABLE = "AUTOPUSH_CONFIG_FILE"
 INI_SECTION = "autopush"
+# Prefixed variables that are not settings but that the service reads: the
+# ini file's name, and the slot gunicorn's master hands each connection worker.
+WORKER_SLOT_VARIABLE = "AUTOPUSH_WORKER_SLOT"
+INTERNAL_VARIABLES = frozenset({CONFIG_FILE_VARIABLE, WORKER_SLOT_VARIABLE})
+# Without crypto keys, only an explicitly named development environment may
+# start (each worker then invents its own key).
+ENV_VARIABLE = "AUTOPUSH_ENV"
+DEVELOPMENT = "development"
+KEY_COMMAND = "`flask generate-keys` (or scripts/autokey)"
+# Auth keys are HMAC-SHA256 keys, used as text: anything shorter than the
+# hash's 32-byte output is weaker than the secrets it signs.
+MIN_AUTH_KEY_BYTES = 32
 
 CONNECTION = "connection"
 ENDPOINT = "endpoint"
@@ -104,8 +118,17 @@ def _validate_fernet_keys(keys: tuple[str, ...]) -> None:
             Fernet(key.encode())
         except (ValueError, TypeError) as error:
             raise ValidationError(
-                "Each key must be a 44-character URL-safe base64 Fernet key."
+                "Each key must be a 44-character URL-safe base64 Fernet key (32 bytes); "
+                f"generate one with {KEY_COMMAND}."
             ) from error
+
+
+def _validate_auth_keys(keys: tuple[str, ...]) -> None:
+    if any(len(key.encode("utf-8")) < MIN_AUTH_KEY_BYTES for key in keys):
+        raise ValidationError(
+            f"Each key must be at least {MIN_AUTH_KEY_BYTES} bytes (an HMAC-SHA256 key); "
+            f"generate one with {KEY_COMMAND}."
+        )
 
 
 def _validate_object_of_objects(value: dict) -> None:
@@ -125,6 +148,7 @@ def _validate_fcm_credentials(value: dict) -> None:
 PORT = validate.Range(min=1, max=65535)
 NON_NEGATIVE = validate.Range(min=0)
 POSITIVE = validate.Range(min=1)
+POSITIVE_SECONDS = validate.Range(min=0, min_inclusive=False)
 
 
 # --------------------------------------------------------------------------
@@ -156,7 +180,7 @@ class Settings:
     crypto_keys: tuple[str, ...] = setting(
         CommaList(load_default=(), validate=_validate_fernet_keys),
         "Fernet keys, newest first. The first encrypts; all decrypt. Must be identical on all nodes.",
-        default_doc="generated at start-up (development only)",
+        default_doc="none: required, unless `AUTOPUSH_ENV=development` is set (then one key per worker)",
     )
     env: str = setting(_text("development"), "Environment name, echoed as `env` in the hello reply.")
     hostname: str = setting(_text(), "Name this node announces.", default_doc="system hostname")
@@ -223,9 +247,19 @@ class Settings:
     max_data: int = setting(
         fields.Integer(load_default=4096, validate=POSITIVE), "Maximum raw push body in bytes."
     )
-    ssl_key: str | None = setting(_text(), "TLS key for the public listener.", default_doc="none")
-    ssl_cert: str | None = setting(_text(), "TLS certificate for the public listener.", default_doc="none")
-    ssl_dh_param: str | None = setting(_text(), "DH parameters for the public listener.", default_doc="none")
+    ssl_key: str | None = setting(
+        _text(), "PEM private key: the public listener serves TLS (with `AUTOPUSH_SSL_CERT`).",
+        default_doc="none",
+    )
+    ssl_cert: str | None = setting(
+        _text(), "PEM certificate chain of the public listener (with `AUTOPUSH_SSL_KEY`).",
+        default_doc="none",
+    )
+    ssl_dh_param: str | None = setting(
+        _text(),
+        "PEM DH parameters: enable DHE for TLS 1.2 clients without ECDHE (TLS 1.3 never uses them).",
+        default_doc="none",
+    )
     # ---- both, but with node-specific defaults
     port: int = setting(
         fields.Integer(validate=PORT),
@@ -248,11 +282,33 @@ class Settings:
         "First private router port; worker slot N listens on this + N.",
         CONNECTION,
     )
+    router_bind: str = setting(
+        _text("0.0.0.0"),
+        "Address the router ports listen on; never expose them to the internet.",
+        CONNECTION,
+    )
     router_ssl_key: str | None = setting(
-        _text(), "TLS key for the router port (makes `node_id` https).", CONNECTION, "none"
+        _text(), "TLS key for the router port: it serves https and `node_id` is https.", CONNECTION, "none"
     )
     router_ssl_cert: str | None = setting(
         _text(), "TLS certificate for the router port.", CONNECTION, "none"
+    )
+    router_ca: str | None = setting(
+        _text(),
+        "CA bundle that verifies router certificates (when `node_id`s are https).",
+        "both",
+        "system trust store",
+    )
+    router_auth: bool = setting(
+        Flag(load_default=True),
+        "Refuse router requests not signed with the shared crypto keys (401); "
+        "`false` only for tools that call the router directly.",
+        CONNECTION,
+    )
+    router_max_requests: int = setting(
+        fields.Integer(load_default=500, validate=POSITIVE),
+        "Router requests one worker serves at once; more get 503 (the endpoint stores them).",
+        CONNECTION,
     )
     hello_timeout: float = setting(
         fields.Float(load_default=5.0, validate=NON_NEGATIVE),
@@ -276,7 +332,20 @@ class Settings:
     )
     close_handshake_timeout: float = setting(
         fields.Float(load_default=0.0, validate=NON_NEGATIVE),
-        "Seconds to wait for the client's close reply (0 = built-in default).",
+        "Seconds to wait for the client's close frame after sending ours, then drop TCP "
+        "(0 = built-in 5 s).",
+        CONNECTION,
+    )
+    send_timeout: float = setting(
+        fields.Float(load_default=10.0, validate=POSITIVE_SECONDS),
+        "Seconds one write to a client may block; a client that stops reading is dropped "
+        "(its unacknowledged direct notifications are stored).",
+        CONNECTION,
+    )
+    upgrade_timeout: float = setting(
+        fields.Float(load_default=10.0, validate=POSITIVE_SECONDS),
+        "Seconds a new connection has to send its whole HTTP request (the WebSocket upgrade); "
+        "slower ones are closed.",
         CONNECTION,
     )
     msg_limit: int = setting(
@@ -287,6 +356,23 @@ class Settings:
     client_queue_size: int = setting(
         fields.Integer(load_default=128, validate=POSITIVE),
         "Per-session queue of pending direct notifications.",
+        CONNECTION,
+    )
+    max_unacked_direct: int = setting(
+        fields.Integer(load_default=32, validate=POSITIVE),
+        "Direct notifications a client may leave unacknowledged; beyond it `PUT /push` answers 503 "
+        "and the endpoint stores the message.",
+        CONNECTION,
+    )
+    max_channels: int = setting(
+        fields.Integer(load_default=500, validate=POSITIVE),
+        "Channels per UAID; a register beyond it is answered with status 413.",
+        CONNECTION,
+    )
+    register_rate: int = setting(
+        fields.Integer(load_default=100, validate=NON_NEGATIVE),
+        "Registers per minute one connection may make, in bursts of as many; beyond it status 429. "
+        "0 disables.",
         CONNECTION,
     )
     megaphone_api_url: str | None = setting(
@@ -302,8 +388,8 @@ class Settings:
     )
     # ---- endpoint node (SPEC §8.3)
     auth_keys: tuple[str, ...] = setting(
-        CommaList(load_default=()),
-        "HMAC keys for bridge secrets, newest first; required when a bridge is enabled.",
+        CommaList(load_default=(), validate=_validate_auth_keys),
+        "HMAC keys for bridge secrets (32 bytes or more each), newest first; required with a bridge.",
         ENDPOINT,
         "none",
     )
@@ -316,6 +402,21 @@ class Settings:
     max_notification_ttl: int = setting(
         fields.Integer(load_default=2592000, validate=NON_NEGATIVE),
         "TTL cap in seconds.",
+        ENDPOINT,
+    )
+    body_min_rate: int = setting(
+        fields.Integer(load_default=500, validate=NON_NEGATIVE),
+        "Request bodies slower than this many bytes/s (after the grace period) get 408; 0 disables.",
+        ENDPOINT,
+    )
+    body_grace: float = setting(
+        fields.Float(load_default=5.0, validate=NON_NEGATIVE),
+        "Seconds a request body may take before `AUTOPUSH_BODY_MIN_RATE` applies.",
+        ENDPOINT,
+    )
+    vapid_cache_bytes: int = setting(
+        fields.Integer(load_default=4 * 1024 * 1024, validate=NON_NEGATIVE),
+        "Memory per worker for remembering fully verified VAPID tokens; 0 disables.",
         ENDPOINT,
     )
     node_request_timeout: float = setting(
@@ -355,12 +456,6 @@ class Settings:
     )
     apns_timeout: float = setting(
         fields.Float(load_default=20.0, validate=NON_NEGATIVE), "Seconds per APNs request.", ENDPOINT
-    )
-    client_certs: dict | None = setting(
-        JsonObject(load_default=None),
-        "TLS client-certificate fingerprints allowed to push (rarely used).",
-        ENDPOINT,
-        "none",
     )
     proxy_fix: bool = setting(
         Flag(load_default=False),
@@ -408,6 +503,36 @@ def base_url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://{host}" if port == default else f"{scheme}://{host}:{port}"
 
 
+def setting_variables() -> frozenset[str]:
+    """Every declared setting's variable name (settings added later included)."""
+    return frozenset(variable_name(spec.name) for spec in SETTING_FIELDS)
+
+
+def _as_variable(name: str) -> str:
+    """An ini key (``max_data`` or ``AUTOPUSH_MAX_DATA``) as its variable name."""
+    upper = name.upper()
+    return upper if upper.startswith(PREFIX) else PREFIX + upper
+
+
+def _unknown_message(name: str, known: frozenset[str], where: str = "") -> str:
+    """One problem: the unknown name as given, and the closest setting when one is near.
+
+    A typo'd variable would otherwise be ignored and its setting keep its
+    default (``AUTOPUSH_CRYPTO_KEY``: every worker would invent its own key).
+    """
+    message = f"unknown setting {name}{where}"
+    # Compared without the prefix every name shares, which would make any
+    # two names look alike.
+    suffixes = sorted(known_name[len(PREFIX):] for known_name in known)
+    close = difflib.get_close_matches(_as_variable(name)[len(PREFIX):], suffixes, n=1)
+    return f"{message} (did you mean {PREFIX}{close[0]}?)" if close else message
+
+
+def _refuse_unknown(names: list[str], known: frozenset[str], where: str = "") -> None:
+    if names:
+        raise SettingsError("; ".join(_unknown_message(name, known, where) for name in sorted(names)))
+
+
 def _read_ini(path: str) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # keep the operator's spelling
@@ -415,19 +540,23 @@ def _read_ini(path: str) -> dict[str, str]:
         raise SettingsError(f"{CONFIG_FILE_VARIABLE}: cannot read {path}")
     if not parser.has_section(INI_SECTION):
         return {}
-    values = {}
-    for key, value in parser.items(INI_SECTION):
-        name = key.upper()
-        values[name if name.startswith(PREFIX) else PREFIX + name] = value
-    return values
+    items = parser.items(INI_SECTION)
+    known = setting_variables()
+    unknown = [key for key, _ in items if _as_variable(key) not in known]
+    _refuse_unknown(unknown, known, f" in [{INI_SECTION}] of {path}")
+    return {_as_variable(key): value for key, value in items}
 
 
 def _raw_values(node_type: str, environ: Mapping[str, str]) -> dict[str, str]:
+    known = setting_variables()
+    _refuse_unknown(
+        [key for key in environ if key.startswith(PREFIX) and key not in known | INTERNAL_VARIABLES],
+        known,
+    )
     raw = dict(NODE_DEFAULTS[node_type])
     config_file = environ.get(CONFIG_FILE_VARIABLE)
     if config_file:
         raw.update(_read_ini(config_file))
-    known = {variable_name(spec.name) for spec in SETTING_FIELDS}
     raw.update({key: value for key, value in environ.items() if key in known})
     return raw
 
@@ -463,13 +592,89 @@ def _derive(values: dict[str, Any]) -> dict[str, Any]:
         values["endpoint_url"] = base_url(
             values["endpoint_scheme"], values["endpoint_hostname"], values["endpoint_port"]
         )
-    if not values["crypto_keys"]:
-        values["crypto_keys"] = (Fernet.generate_key().decode(),)
-        values["crypto_keys_generated"] = True
     return values
 
 
+MISSING_CRYPTO_KEYS = (
+    f"missing setting AUTOPUSH_CRYPTO_KEYS: every node needs the same key; generate one with "
+    f"{KEY_COMMAND}, or set {ENV_VARIABLE}={DEVELOPMENT} to run with a throw-away key per worker"
+)
+
+
+def _crypto_keys_or_refuse(values: dict[str, Any], raw: Mapping[str, str], required: bool) -> None:
+    """Refuse to run without crypto keys, except in an explicitly named development setup.
+
+    A key invented at start-up is each worker's own: endpoints minted by one
+    worker are 404 on every other and after every restart. ``AUTOPUSH_ENV``
+    defaults to ``development`` (it is only echoed to clients), so only an
+    explicit value in the environment or ini file counts.
+    """
+    if values["crypto_keys"]:
+        return
+    development = ENV_VARIABLE in raw and values["env"].strip() == DEVELOPMENT
+    if required and not development:
+        raise SettingsError(MISSING_CRYPTO_KEYS)
+    values["crypto_keys"] = (Fernet.generate_key().decode(),)
+    values["crypto_keys_generated"] = True
+
+
+def _readable(variable: str, path: str) -> None:
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise SettingsError(
+            f"invalid setting {variable}: cannot read {path} ({error.strerror})"
+        ) from error
+
+
+def _check_public_tls(settings: Settings) -> None:
+    """Key and certificate come together, and load, before anything listens.
+
+    gunicorn would only find a missing or mismatched file in each worker,
+    after the master bound the port; here the message names the setting.
+    """
+    files = {"AUTOPUSH_SSL_KEY": settings.ssl_key, "AUTOPUSH_SSL_CERT": settings.ssl_cert}
+    if not any(files.values()):
+        if settings.ssl_dh_param:
+            raise SettingsError(
+                "invalid setting AUTOPUSH_SSL_DH_PARAM: needs AUTOPUSH_SSL_KEY and AUTOPUSH_SSL_CERT"
+            )
+        return
+    for variable, path in files.items():
+        if not path:
+            given = next(name for name, value in files.items() if value)
+            raise SettingsError(f"invalid setting {variable}: required when {given} is set")
+    files["AUTOPUSH_SSL_DH_PARAM"] = settings.ssl_dh_param
+    for variable, path in files.items():
+        if path:
+            _readable(variable, path)
+    _load_public_tls(settings)
+
+
+def _load_public_tls(settings: Settings) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile=settings.ssl_cert, keyfile=settings.ssl_key)
+    except (ssl.SSLError, ValueError) as error:
+        raise SettingsError(
+            "invalid setting AUTOPUSH_SSL_CERT/AUTOPUSH_SSL_KEY: not a PEM certificate "
+            f"and its private key ({error})"
+        ) from error
+    if settings.ssl_dh_param:
+        try:
+            context.load_dh_params(settings.ssl_dh_param)
+        except (ssl.SSLError, ValueError) as error:
+            raise SettingsError(
+                f"invalid setting AUTOPUSH_SSL_DH_PARAM: not PEM DH parameters ({error})"
+            ) from error
+
+
 def _check_consistency(settings: Settings) -> None:
+    if bool(settings.router_ssl_key) != bool(settings.router_ssl_cert):
+        raise SettingsError(
+            "invalid setting AUTOPUSH_ROUTER_SSL_KEY/AUTOPUSH_ROUTER_SSL_CERT: set both or neither"
+        )
     if settings.fcm_min_ttl > settings.fcm_max_ttl:
         raise SettingsError("invalid setting AUTOPUSH_FCM_MIN_TTL: greater than AUTOPUSH_FCM_MAX_TTL")
     bridges = settings.fcm_credentials or settings.apns_channels
@@ -477,19 +682,27 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("invalid setting AUTOPUSH_AUTH_KEYS: required when a bridge is enabled")
 
 
-def load_settings(node_type: str, environ: Mapping[str, str]) -> Settings:
+def load_settings(
+    node_type: str, environ: Mapping[str, str], require_crypto_keys: bool = True
+) -> Settings:
     """Validate the environment (and optional ini file) into ``Settings``.
 
     Raises ``SettingsError`` with a one-line message naming the variable.
+    ``require_crypto_keys=False`` is for operations commands that never
+    touch a token (``flask maintain-tables``): without keys they get a
+    throw-away one, flagged by ``crypto_keys_generated``.
     """
     if node_type not in NODE_TYPES:
         raise ValueError(f"unknown node type {node_type!r}")
+    raw = _raw_values(node_type, environ)
     try:
-        values = SettingsSchema().load(_raw_values(node_type, environ))
+        values = SettingsSchema().load(raw)
     except ValidationError as error:
         raise SettingsError(_one_line(error)) from error
+    _crypto_keys_or_refuse(values, raw, require_crypto_keys)
     settings = Settings(node_type=node_type, **_derive(values))
     _check_consistency(settings)
+    _check_public_tls(settings)
     return settings
 
 

@@ -8,9 +8,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from autopush_flask.config import Settings, load_settings
+from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Storage, create_storage
 from autopush_flask.metrics import RecordingMetrics
 from tests.support.processes import LocalDynamoDB
+
+# Nodes refuse to start without crypto keys: one key for the run, as all the
+# nodes of a deployment share theirs.
+TEST_CRYPTO_KEY = CryptoKeys.generate_key()
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +43,7 @@ def make_settings(dynalite: LocalDynamoDB, table_prefix: str) -> Callable[..., S
             "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
             "AUTOPUSH_HOSTNAME": "localhost",
             "AUTOPUSH_STATSD_HOST": "",
+            "AUTOPUSH_CRYPTO_KEYS": TEST_CRYPTO_KEY,
             **variables,
         }
         return load_settings(node_type, environ)

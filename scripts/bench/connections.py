@@ -121,7 +121,7 @@ def measure(
         command = [command[0], "-c", str(ROOT / "scripts/bench/gunicorn_diag.conf.py")] + [
             part for part in command[1:] if part not in ("-c", "gunicorn.conf.py")
         ]
-        env = {**env, "AUTOPUSH_BENCH_DIAG_DIR": diag_dir}
+        env = {**env, "BENCH_DIAG_DIR": diag_dir}
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, timeout=30)

@@ -4,7 +4,7 @@
 
 On SIGUSR2 the worker writes a JSON report of its allocators (glibc
 ``mallinfo2``, pymalloc's arena statistics, greenlet and thread counts) to
-``$AUTOPUSH_BENCH_DIAG_DIR/<pid>.json``; ``connections.py --breakdown`` reads it.
+``$BENCH_DIAG_DIR/<pid>.json``; ``connections.py --breakdown`` reads it.
 """
 
 import os
@@ -21,6 +21,6 @@ def post_worker_init(worker):
 
     from scripts.bench.memory import write_report
 
-    directory = os.environ.get("AUTOPUSH_BENCH_DIAG_DIR", "/tmp")
+    directory = os.environ.get("BENCH_DIAG_DIR", "/tmp")
     gevent.signal_handler(signal.SIGUSR2, write_report, directory)
     (Path(directory) / f"{os.getpid()}.ready").touch()

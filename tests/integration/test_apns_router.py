@@ -489,7 +489,7 @@ GEVENT_SCRIPT = textwrap.dedent("""
 
     settings = load_settings("endpoint", {
         "AUTOPUSH_APNS_CHANNELS": sys.argv[1], "AUTOPUSH_AUTH_KEYS": sys.argv[2],
-        "AUTOPUSH_HOSTNAME": "localhost", "AUTOPUSH_STATSD_HOST": "",
+        "AUTOPUSH_HOSTNAME": "localhost", "AUTOPUSH_STATSD_HOST": "", "AUTOPUSH_ENV": "development",
     })
     router = ApnsRouter(settings, None, RecordingMetrics())
     user = User(uaid=uuid.uuid4().hex, router_type="apns",

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from autopush_flask.config import ENDPOINT, load_settings
+from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import create_storage
 from autopush_flask.metrics import NullMetrics
 from tests.support.processes import ROOT, LocalDynamoDB, free_port, stop_process, wait_for_port
@@ -21,7 +22,7 @@ GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 def test_local_dynamodb_persists_with_path(tmp_path: Path) -> None:
     database = LocalDynamoDB(path=tmp_path / "data")
     database.start()
-    settings = load_settings(ENDPOINT, {"AUTOPUSH_DDB_ENDPOINT": database.url})
+    settings = load_settings(ENDPOINT, {"AUTOPUSH_DDB_ENDPOINT": database.url}, require_crypto_keys=False)
     try:
         assert create_storage(settings, NullMetrics()).setup() == ["router", "message"]
         database.stop()
@@ -34,7 +35,7 @@ def test_local_dynamodb_persists_with_path(tmp_path: Path) -> None:
 def test_local_dynamodb_without_path_is_in_memory() -> None:
     database = LocalDynamoDB()
     database.start()
-    settings = load_settings(ENDPOINT, {"AUTOPUSH_DDB_ENDPOINT": database.url})
+    settings = load_settings(ENDPOINT, {"AUTOPUSH_DDB_ENDPOINT": database.url}, require_crypto_keys=False)
     try:
         create_storage(settings, NullMetrics()).setup()
         database.stop()
@@ -57,6 +58,7 @@ def gunicorn_env(dynalite: LocalDynamoDB, table_prefix: str, **extra: str) -> di
         "AUTOPUSH_ROUTER_TABLE": f"{table_prefix}_router",
         "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
         "AUTOPUSH_STATSD_HOST": "",
+        "AUTOPUSH_CRYPTO_KEYS": CryptoKeys.generate_key(),
         **extra,
     }
 

@@ -60,6 +60,7 @@ def run_app(make_settings, **variables: str) -> None:
         "AUTOPUSH_ROUTER_TABLE": settings.router_table,
         "AUTOPUSH_MESSAGE_TABLE": settings.message_table,
         "AUTOPUSH_STATSD_HOST": "",
+        "AUTOPUSH_CRYPTO_KEYS": settings.crypto_keys[0],
         "PATH": "/usr/bin:/bin",
         **variables,
     }

@@ -97,17 +97,21 @@ def free_port_range(count: int) -> int:
 class GunicornNode:
     """A real gunicorn master serving one of the apps, as an operator starts it."""
 
-    def __init__(self, app: str, environ: dict[str, str], workers: int = 1, port: int | None = None) -> None:
+    def __init__(
+        self, app: str, environ: dict[str, str], workers: int = 1, port: int | None = None,
+        tls_ca: Path | None = None,
+    ) -> None:
         self.app = app
         self.workers = workers
         self.port = port or free_port()
         self.environ = environ
+        self.tls_ca = tls_ca  # the CA of AUTOPUSH_SSL_CERT: the public port serves https
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, log_path: Path, wait_ports: tuple[int, ...] = ()) -> None:
         gunicorn = Path(sys.executable).parent / "gunicorn"
@@ -124,14 +128,16 @@ class GunicornNode:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """The master listens before its workers have booted: wait for an answer."""
+        import ssl
         import urllib.request
 
+        context = ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/__lbheartbeat__", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/__lbheartbeat__", timeout=2, context=context) as response:
                     if response.status == 200:
                         return
             except OSError:
