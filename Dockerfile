@@ -19,5 +19,9 @@ ARG BUILD=docker
 RUN python scripts/write-version-json "$BUILD"
 
 USER autopush
+# 8080: WebSocket (public), 8082: endpoint API (public), 8081: the connection
+# node's private router (+1 per worker). Expose the router only to the other
+# nodes (container-to-container); never publish it to the internet, whatever
+# its request signatures (see "Security model" in README.md).
 EXPOSE 8080 8081 8082
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:connection_app"]

@@ -153,10 +153,17 @@ class ConnectionPool:
 class PoolManager:
     """One ``ConnectionPool`` per origin, for requests to many peers (connection nodes)."""
 
-    def __init__(self, connect_timeout: float, timeout: float, max_pools: int = DEFAULT_MAX_POOLS) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        timeout: float,
+        max_pools: int = DEFAULT_MAX_POOLS,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._max_pools = max_pools
+        self._ssl_context = ssl_context  # for https origins; None: the system trust store
         self._pools: dict[str, ConnectionPool] = {}
 
     def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"") -> Response:
@@ -169,7 +176,9 @@ class PoolManager:
         if pool is None:
             if len(self._pools) >= self._max_pools:
                 self._pools.pop(next(iter(self._pools))).close()
-            pool = self._pools[origin] = ConnectionPool(origin, self._connect_timeout, self._timeout)
+            pool = self._pools[origin] = ConnectionPool(
+                origin, self._connect_timeout, self._timeout, ssl_context=self._ssl_context
+            )
         return pool
 
 

@@ -15,7 +15,7 @@ from flask import Flask
 
 from autopush_flask.config import Settings
 from autopush_flask.connection.node import ConnectionNode
-from autopush_flask.connection.router import NODE_KEY, router
+from autopush_flask.connection.router import NODE_KEY, protect, router
 from autopush_flask.connection.transport import ClientConnection
 from autopush_flask.health import health
 from autopush_flask.services import Services, build_services, install
@@ -45,7 +45,8 @@ class ConnectionApp:
         """gevent-websocket echoes this subprotocol when the client offers it."""
         return SUBPROTOCOL if path == "/" else None
 
-    def start(self, host: str = "0.0.0.0") -> None:
+    def start(self, host: str | None = None) -> None:
+        """Serve the router on ``host`` (default ``AUTOPUSH_ROUTER_BIND``) and start the timers."""
         self.node.start(self.router_app, host)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -76,5 +77,6 @@ def create_connection_app(
     public_app = _flask_app("autopush_flask.connection", node_services, node)
     router_app = _flask_app("autopush_flask.connection.router", node_services, node)
     router_app.register_blueprint(router)
+    protect(router_app, node.settings.router_max_requests, node.settings.max_data, node_services.metrics)
     return ConnectionApp(public_app, router_app, node)
 

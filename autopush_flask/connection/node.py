@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import gevent
 import requests
@@ -20,9 +21,11 @@ from gevent.pywsgi import WSGIServer
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.broadcast import BroadcastRegistry, MegaphonePoller
 from autopush_flask.connection.registry import ClientRegistry
-from autopush_flask.connection.session import NodeContext
+from autopush_flask.connection.router import router_server_tls
+from autopush_flask.connection.session import NodeContext, SessionLimits
 from autopush_flask.db import Storage
 from autopush_flask.logging import log_fields
+from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.services import Services
 
 if TYPE_CHECKING:
@@ -55,9 +58,14 @@ class ConnectionNode:
             crypto_keys=node_services.crypto_keys,
             metrics=node_services.metrics,
             broadcasts=self.broadcasts,
+            limits=SessionLimits.from_settings(settings),
         )
         self.encode = json.JSONEncoder(separators=(",", ":")).encode
         self.http = requests.Session()
+        self.router_keys = RouterRequestKeys.from_crypto_keys(node_services.crypto_keys)
+        # Built here, at worker boot, so a bad key or certificate stops start-up.
+        self._router_tls = router_server_tls(settings)
+        self._router_ca_verify: str | bool = settings.router_ca or True
         self.stopping = False
         self._router_server: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -69,9 +77,15 @@ class ConnectionNode:
 
     # ---- lifecycle
 
-    def start(self, router_app: Flask, host: str = "0.0.0.0") -> None:
-        """Serve the private router and start the timers (in the worker, after fork)."""
-        self._router_server = WSGIServer((host, self.router_port), router_app, log=None)
+    def start(self, router_app: Flask, host: str | None = None) -> None:
+        """Serve the private router and start the timers (in the worker, after fork).
+
+        The router listens on ``AUTOPUSH_ROUTER_BIND`` unless ``host`` is given,
+        over TLS when ``AUTOPUSH_ROUTER_SSL_KEY``/``_CERT`` are set.
+        """
+        address = (host or self.settings.router_bind, self.router_port)
+        tls = {"ssl_context": self._router_tls} if self._router_tls is not None else {}
+        self._router_server = WSGIServer(address, router_app, log=None, **tls)
         self._router_server.start()
         self._greenlets.append(gevent.spawn(self._tick_forever))
         if self.settings.megaphone_api_url:
@@ -93,6 +107,14 @@ class ConnectionNode:
         log.info("Connection node stopped", extra=log_fields(node_id=self.node_id, clients=len(closing)))
 
     def _tick_forever(self) -> None:
+        """Each second, every client's timer duties, then the message-table refresh.
+
+        Nothing in this loop may wait: not for a client (``tick`` hands due
+        duties to side greenlets) nor for storage (the refresh runs in its own
+        greenlet, one at a time), or every client of the worker would miss
+        its hello and pong deadlines while it waits.
+        """
+        refresh: gevent.Greenlet | None = None
         while True:
             gevent.sleep(TICK_SECONDS)
             now = time.monotonic()
@@ -101,7 +123,8 @@ class ConnectionNode:
                     connection.tick(now)
                 except Exception:  # noqa: BLE001 - one client must not stop the timers
                     log.exception("timer failed")
-            self._refresh_tables()
+            if refresh is None or refresh.dead:
+                refresh = greenlets.spawn(self._refresh_tables)
 
     def _refresh_tables(self) -> None:
         try:
@@ -132,8 +155,14 @@ class ConnectionNode:
         greenlets.spawn(self._node_request, method, url)
 
     def _node_request(self, method: str, url: str) -> None:
+        """A signed, bodiless request to another node's router (verified with ``AUTOPUSH_ROUTER_CA``)."""
         timeout = self.settings.node_connect_timeout
+        parts = urlsplit(url)
+        target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+        headers = dict(self.router_keys.sign(method, target))
         try:
-            self.http.request(method, url, timeout=(timeout, timeout * 3))
+            self.http.request(
+                method, url, headers=headers, timeout=(timeout, timeout * 3), verify=self._router_ca_verify
+            )
         except requests.RequestException as error:
             log.debug("node request failed", extra=log_fields(url=url, error=str(error)))

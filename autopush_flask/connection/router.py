@@ -2,21 +2,140 @@
 
 Endpoint nodes and other connection nodes call these to hand over a
 notification, ask a client to check storage, or drop a stale duplicate.
+
+Whoever reaches the port could do the same, so every request passes three
+checks, cheapest first, before a handler runs:
+
+1. ``RequestGate`` (WSGI middleware): at most ``AUTOPUSH_ROUTER_MAX_REQUESTS``
+   requests in progress per worker; the next one gets 503 at once, which the
+   endpoint takes as "store the message".
+2. ``refuse_large_bodies`` (whole router app): a declared body larger than a
+   ``PUT /push`` can legitimately be gets 413 before any of it is read. A
+   chunked body gets 411: nodes always send ``Content-Length``, and werkzeug
+   would silently cut a chunked body at the cap rather than refuse it.
+   Whatever the client still sends of a refused body, gevent reads and drops
+   in 16 KiB pieces after the answer; it is never held in memory.
+3. ``require_signature`` (the router routes; the health routes stay open):
+   the signature of ``node_auth`` is checked from the head alone, then the
+   body is read and compared with the hash that was signed (401 otherwise).
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import gevent
-from flask import Blueprint, Response, current_app, request
+import gevent.ssl
+from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import Schema, ValidationError, fields, validate
 
+from autopush_flask.config import Settings
 from autopush_flask.db import Notification
+from autopush_flask.node_auth import RouterAuthError
 
 NODE_KEY = "autopush_node"
+AUTH_ERROR_METRIC = "router.auth.error"
+REJECTED_METRIC = "router.request.rejected"
+# A push body is JSON holding the base64 of at most max_data bytes (4/3 of
+# it) plus the channel id, version (a Fernet token of ~200 bytes), topic,
+# TTL, timestamp and the encryption headers: 4 KiB covers those with room.
+BODY_OVERHEAD_BYTES = 4096
 router = Blueprint("router", __name__)
+
+
+def max_body_bytes(max_data: int) -> int:
+    """The largest router body a legitimate node sends for ``AUTOPUSH_MAX_DATA``."""
+    return max_data * 4 // 3 + BODY_OVERHEAD_BYTES
+
+
+class RequestGate:
+    """WSGI middleware: at most ``limit`` router requests in progress per worker.
+
+    Beyond that a request is answered 503 straight away instead of waiting
+    (and holding memory) for a slot. Checking a signature never yields to
+    another greenlet, so only requests that are reading a signed body or
+    being handled occupy a slot: unsigned floods cannot fill the gate.
+    """
+
+    def __init__(self, app: Callable, limit: int, metrics: Any) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+        self.active = 0
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if self.active >= self.limit:
+            self.metrics.increment(REJECTED_METRIC, tags={"reason": "busy"})
+            body = b"Router busy."
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+            ])
+            return [body]
+        self.active += 1
+        try:
+            return self.app(environ, start_response)
+        finally:
+            self.active -= 1
+
+
+def protect(router_app: Flask, limit: int, max_data: int, metrics: Any) -> None:
+    """Install the gate and the body cap on the router app (see the module doc)."""
+    router_app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(max_data)
+    router_app.before_request(refuse_large_bodies)
+    router_app.wsgi_app = RequestGate(router_app.wsgi_app, limit, metrics)
+
+
+def refuse_large_bodies() -> Response | None:
+    if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        return _refuse_unread("length_required", "Content-Length required", 411)
+    if (request.content_length or 0) > (request.max_content_length or 0):
+        return _refuse_unread("too_large", "Request body too large", 413)
+    return None
+
+
+def _refuse_unread(reason: str, text: str, status: int) -> Response:
+    """Refuse before reading the body, and close the connection rather than keep it alive."""
+    _node().services.metrics.increment(REJECTED_METRIC, tags={"reason": reason})
+    response = _text(text, status)
+    response.headers["Connection"] = "close"
+    return response
+
+
+@router.before_request
+def require_signature() -> Response | None:
+    node = _node()
+    if not node.settings.router_auth:
+        return None
+    target = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
+    try:
+        signed_sha256 = node.router_keys.verify_head(request.method, target, request.headers)
+        node.router_keys.verify_body(signed_sha256, request.get_data())
+    except RouterAuthError as error:
+        node.services.metrics.increment(AUTH_ERROR_METRIC, tags={"reason": error.reason})
+        return _text("Invalid router signature", 401)
+    return None
+
+
+def _node() -> Any:
+    return current_app.extensions[NODE_KEY]
+
+
+def router_server_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The router's TLS context when ``AUTOPUSH_ROUTER_SSL_KEY``/``_CERT`` are set.
+
+    Without it a https ``node_id`` would be announced while the port spoke
+    plain HTTP, and every direct delivery would fail. gevent's context makes
+    the handshakes cooperative even where ``ssl`` was not monkey-patched.
+    """
+    if not (settings.router_ssl_key and settings.router_ssl_cert):
+        return None
+    context = gevent.ssl.create_default_context(gevent.ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.router_ssl_cert, settings.router_ssl_key)
+    return context
 
 
 class NotificationSchema(Schema):
@@ -44,7 +163,7 @@ def _client(uaid: str):
         canonical = uuid.UUID(uaid).hex
     except ValueError:
         return None
-    client = current_app.extensions[NODE_KEY].registry.get(canonical)
+    client = _node().registry.get(canonical)
     if client is None or not client.session.identified:
         return None
     return client

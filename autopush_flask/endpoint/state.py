@@ -13,6 +13,7 @@ from autopush_flask.config import Settings
 from autopush_flask.crypto import CryptoKeys, VapidVerifier
 from autopush_flask.db import Notification, Storage, User
 from autopush_flask.db.models import SortKeyClock
+from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.routers.apns import ApnsRouter
 from autopush_flask.routers.bridge import BridgeRouter, UnconfiguredBridge
 from autopush_flask.routers.fcm import FcmRouter
@@ -63,13 +64,14 @@ class EndpointState:
 
 def build_state(node_services: Services) -> EndpointState:
     settings = node_services.settings
-    http = node_pool(settings.node_connect_timeout, settings.node_request_timeout)
+    http = node_pool(settings.node_connect_timeout, settings.node_request_timeout, settings.router_ca)
     stamper = MessageStamper(node_services.crypto_keys, SortKeyClock())
-    webpush = WebPushRouter(node_services.storage, node_services.metrics, http, stamper)
+    router_keys = RouterRequestKeys.from_crypto_keys(node_services.crypto_keys)
+    webpush = WebPushRouter(node_services.storage, node_services.metrics, http, stamper, router_keys)
     bridges = configured_bridges(node_services)
     routers: dict[str, Router] = {"webpush": webpush}
     routers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})
-    return EndpointState(node_services, stamper, routers, bridges)
+    return EndpointState(node_services, stamper, routers, bridges, VapidVerifier(settings.vapid_cache_bytes))
 
 
 BRIDGE_FACTORIES = {"fcm": ("fcm_credentials", FcmRouter), "apns": ("apns_channels", ApnsRouter)}

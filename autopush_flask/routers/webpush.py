@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from autopush_flask.db.models import SortKeyClock
 from autopush_flask.endpoint.errors import PushError, storage_error
 from autopush_flask.keepalive import HTTPFailure, HTTPTimeout, PoolManager
 from autopush_flask.logging import log_fields
+from autopush_flask.node_auth import RouterRequestKeys
 
 NODE_POOL_SIZE = 100
 STORE_ERRNO = 201  # a failed store is always "back off" (SPEC §7.8)
@@ -53,23 +55,31 @@ class NodeUnreachable(Exception):
     """The connection node could not be reached at the network level."""
 
 
-def node_pool(connect_timeout: float, request_timeout: float) -> PoolManager:
+def node_pool(connect_timeout: float, request_timeout: float, router_ca: str | None = None) -> PoolManager:
     """Pooled keep-alive HTTP to connection nodes, one per worker process.
 
     This call is on every push's path; see ``keepalive`` for why it does not
-    go through urllib3 or requests.
+    go through urllib3 or requests. https routers are verified against
+    ``router_ca`` (a CA bundle path), else the system trust store.
     """
-    return PoolManager(connect_timeout, request_timeout, max_pools=NODE_POOL_SIZE)
+    tls = ssl.create_default_context(cafile=router_ca) if router_ca else None
+    return PoolManager(connect_timeout, request_timeout, max_pools=NODE_POOL_SIZE, ssl_context=tls)
 
 
 class WebPushRouter:
     def __init__(
-        self, storage: Storage, metrics: Any, http: PoolManager, stamper: MessageStamper
+        self,
+        storage: Storage,
+        metrics: Any,
+        http: PoolManager,
+        stamper: MessageStamper,
+        router_keys: RouterRequestKeys,
     ) -> None:
         self._storage = storage
         self._metrics = metrics
         self._http = http
         self._stamper = stamper
+        self._router_keys = router_keys
 
     def route(self, user: User, notification: Notification) -> str:
         """Deliver, discard (TTL 0) or store; returns "Direct", "Expired" or "Stored".
@@ -88,7 +98,7 @@ class WebPushRouter:
 
     def _deliver_direct(self, user: User, notification: Notification) -> bool:
         try:
-            status = self._put(f"{user.node_id}/push/{user.uaid}", _node_payload(notification))
+            status = self._put(user.node_id, f"/push/{user.uaid}", _node_payload(notification))
         except NodeUnreachable:
             self._forget_node(user.uaid, user.node_id, user.connected_at)
             return False
@@ -116,14 +126,16 @@ class WebPushRouter:
             raise PushError(410, 105, "Endpoint became unavailable during request")
         if user.node_id:
             try:
-                self._put(f"{user.node_id}/notif/{uaid}", None)
+                self._put(user.node_id, f"/notif/{uaid}", None)
             except NodeUnreachable:
                 self._forget_node(uaid, user.node_id, user.connected_at)
 
-    def _put(self, url: str, payload: dict | None) -> int:
+    def _put(self, node_id: str, path: str, payload: dict | None) -> int:
+        """A signed ``PUT`` to a connection node's router; its status (401: keys disagree)."""
         body = json.dumps(payload).encode() if payload is not None else b""
+        headers = JSON_HEADERS + self._router_keys.sign("PUT", path, body)
         try:
-            response = self._http.request("PUT", url, JSON_HEADERS, body)
+            response = self._http.request("PUT", node_id + path, headers, body)
         except HTTPTimeout as error:
             self._metrics.increment("error.node.timeout")
             raise NodeUnreachable(str(error)) from error

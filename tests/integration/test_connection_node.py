@@ -22,8 +22,11 @@ from autopush_flask.db import Notification, create_storage
 from autopush_flask.metrics import NullMetrics
 from tests.support.processes import GunicornNode, free_port_range
 from tests.support.push_client import PushClient
+from tests.support.router_auth import signed_session
 
 WORKERS = 2
+CRYPTO_KEY = CryptoKeys.generate_key()
+router = signed_session(CRYPTO_KEY)  # requests to the router port, signed as an endpoint node signs
 
 
 def node_environ(dynalite, table_prefix: str, router_port: int, **extra: str) -> dict[str, str]:
@@ -32,7 +35,7 @@ def node_environ(dynalite, table_prefix: str, router_port: int, **extra: str) ->
         "AUTOPUSH_DDB_ENDPOINT": dynalite.url,
         "AUTOPUSH_ROUTER_TABLE": f"{table_prefix}_router",
         "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
-        "AUTOPUSH_CRYPTO_KEYS": CryptoKeys.generate_key(),
+        "AUTOPUSH_CRYPTO_KEYS": CRYPTO_KEY,
         "AUTOPUSH_ROUTER_HOSTNAME": "127.0.0.1",
         "AUTOPUSH_ROUTER_PORT": str(router_port),
         "AUTOPUSH_STATSD_HOST": "",
@@ -93,7 +96,7 @@ def test_hello_register_notification_ack_over_a_real_socket(cluster: Cluster) ->
     assert client.subprotocol == "push-notification"
     node_id = cluster.node_id(uaid)
     assert node_id in {f"http://127.0.0.1:{port}" for port in cluster.router_ports}
-    response = requests.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "v1", "AAEC"), timeout=5)
+    response = router.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "v1", "AAEC"), timeout=5)
     assert (response.status_code, response.text) == (200, "Client accepted for delivery")
     notification = client.receive()
     assert notification == {"messageType": "notification", "channelID": channel_id, "version": "v1",
@@ -105,7 +108,7 @@ def test_hello_register_notification_ack_over_a_real_socket(cluster: Cluster) ->
 
 def test_61_push_for_an_unknown_uaid_is_404_on_every_router(cluster: Cluster) -> None:
     for port in cluster.router_ports:
-        response = requests.put(f"http://127.0.0.1:{port}/push/{uuid.uuid4().hex}",
+        response = router.put(f"http://127.0.0.1:{port}/push/{uuid.uuid4().hex}",
                                 json=push_body(str(uuid.uuid4()), "v"), timeout=5)
         assert response.status_code == 404
 
@@ -114,46 +117,46 @@ def test_62_dashed_uaid_and_bad_bodies(cluster: Cluster) -> None:
     client, uaid, channel_id = cluster.registered()
     node_id = cluster.node_id(uaid)
     dashed = str(uuid.UUID(uaid))
-    assert requests.put(f"{node_id}/push/{dashed}", json=push_body(channel_id, "v2"), timeout=5).status_code == 200
+    assert router.put(f"{node_id}/push/{dashed}", json=push_body(channel_id, "v2"), timeout=5).status_code == 200
     assert client.receive()["version"] == "v2"
     for bad in ({"version": "x"}, {"channelID": "nope", "version": "x"}):
-        assert requests.put(f"{node_id}/push/{uaid}", json=bad, timeout=5).status_code == 400
-    assert requests.put(f"{node_id}/push/{uaid}", data=b"{not json", timeout=5).status_code == 400
-    assert requests.put(f"{node_id}/push/not-a-uuid", json=push_body(channel_id, "v"), timeout=5).status_code == 404
+        assert router.put(f"{node_id}/push/{uaid}", json=bad, timeout=5).status_code == 400
+    assert router.put(f"{node_id}/push/{uaid}", data=b"{not json", timeout=5).status_code == 400
+    assert router.put(f"{node_id}/push/not-a-uuid", json=push_body(channel_id, "v"), timeout=5).status_code == 404
 
 
 def test_63_notif_statuses(cluster: Cluster) -> None:
     client, uaid, channel_id = cluster.registered()
     node_id = cluster.node_id(uaid)
     other = next(f"http://127.0.0.1:{p}" for p in cluster.router_ports if f"http://127.0.0.1:{p}" != node_id)
-    assert requests.put(f"{other}/notif/{uaid}", timeout=5).status_code == 404
+    assert router.put(f"{other}/notif/{uaid}", timeout=5).status_code == 404
     message = Notification(channel_id=channel_id, version="stored-1", ttl=60, timestamp=int(time.time()),
                            sortkey_timestamp=int(time.time() * 1e6))
     cluster.storage.messages().save_message(uaid, message)
-    response = requests.put(f"{node_id}/notif/{uaid}", timeout=5)
+    response = router.put(f"{node_id}/notif/{uaid}", timeout=5)
     assert (response.status_code, response.text) == (200, "Notification check started")
     notification = client.receive()
     assert notification["version"] == "stored-1"
-    response = requests.put(f"{node_id}/notif/{uaid}", timeout=5)
+    response = router.put(f"{node_id}/notif/{uaid}", timeout=5)
     assert (response.status_code, response.text) == (202, "Flagged for Notification check")
     client.ack(notification)
     client.send({})
     assert client.receive() == "{}"
     time.sleep(1.5)  # the flagged re-check runs a second later
-    assert requests.put(f"{node_id}/notif/{uaid}", timeout=5).status_code == 200
+    assert router.put(f"{node_id}/notif/{uaid}", timeout=5).status_code == 200
 
 
 def test_64_delete_notif_closes_only_the_exact_session(cluster: Cluster) -> None:
     client, uaid, _ = cluster.registered()
     user = cluster.storage.router.get_user(uaid)
-    response = requests.delete(f"{user.node_id}/notif/{uaid}/{user.connected_at - 1}", timeout=5)
+    response = router.delete(f"{user.node_id}/notif/{uaid}/{user.connected_at - 1}", timeout=5)
     assert (response.status_code, response.text) == (200, "")
     client.send({})
     assert client.receive() == "{}"
-    response = requests.delete(f"{user.node_id}/notif/{uaid}/{user.connected_at}", timeout=5)
+    response = router.delete(f"{user.node_id}/notif/{uaid}/{user.connected_at}", timeout=5)
     assert (response.status_code, response.text) == (200, "Terminated duplicate")
     assert client.close_code() == 1000
-    assert requests.delete(f"{user.node_id}/notif/{uaid}/abc", timeout=5).status_code == 404
+    assert router.delete(f"{user.node_id}/notif/{uaid}/abc", timeout=5).status_code == 404
 
 
 def test_65_private_routes_are_not_on_the_public_port(cluster: Cluster) -> None:
@@ -180,7 +183,7 @@ def test_56_158_clients_on_both_workers_and_displacement(cluster: Cluster) -> No
             break
     assert len(seen) == WORKERS, "connections never reached both workers"
     for node_id, (client, uaid, channel_id) in seen.items():
-        assert requests.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, node_id), timeout=5).status_code == 200
+        assert router.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, node_id), timeout=5).status_code == 200
         assert client.receive()["version"] == node_id
     # Reconnect one UAID until the new session lands on the other worker.
     (first_node, (original, uaid, _)) = next(iter(seen.items()))
@@ -219,7 +222,7 @@ def test_bad_frames_get_their_close_code_and_others_are_unaffected(cluster: Clus
         offender.send(payload)
     assert offender.close_code() == expected
     node_id = cluster.node_id(uaid)
-    assert requests.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "still"), timeout=5).status_code == 200
+    assert router.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "still"), timeout=5).status_code == 200
     assert bystander.receive()["version"] == "still"
 
 
@@ -294,7 +297,7 @@ def test_graceful_stop_stores_unacked_notifications_and_closes_1012(dynalite, ta
         channel_id = str(uuid.uuid4())
         client.register(channel_id)
         node_id = storage.router.get_user(uaid).node_id
-        assert requests.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "unacked"), timeout=5).status_code == 200
+        assert router.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "unacked"), timeout=5).status_code == 200
         assert client.receive()["version"] == "unacked"
         node.signal(signal.SIGTERM)
         assert client.close_code() == 1012
@@ -366,5 +369,5 @@ def test_message_floods_do_not_disturb_the_worker(cluster: Cluster) -> None:
     flooder.send({})
     assert flooder.close_code() == 4774
     node_id = cluster.node_id(uaid)
-    assert requests.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "calm"), timeout=5).status_code == 200
+    assert router.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "calm"), timeout=5).status_code == 200
     assert bystander.receive()["version"] == "calm"

@@ -36,6 +36,7 @@ class Stack:
         self.endpoint = GunicornNode("wsgi:endpoint_app", self.environ, port=self.endpoint_port)
         self.storage: Storage = create_storage(load_settings(ENDPOINT, self.environ), NullMetrics())
         self.clients: list[PushClient] = []
+        self.extra_nodes: list[GunicornNode] = []
 
     @property
     def endpoint_url(self) -> str:
@@ -54,8 +55,17 @@ class Stack:
     def stop(self) -> None:
         for client in self.clients:
             client.close()
+        for node in self.extra_nodes:
+            node.stop()
         self.endpoint.stop()
         self.connection.stop()
+
+    def another_endpoint(self, name: str, **settings: str) -> GunicornNode:
+        """One more endpoint node on the same tables with some settings changed (started here)."""
+        node = GunicornNode("wsgi:endpoint_app", {**self.environ, **settings})
+        self.extra_nodes.append(node)
+        node.start(self.log_dir / f"{name}.log")
+        return node
 
     def client(self) -> PushClient:
         client = PushClient(self.ws_url)
