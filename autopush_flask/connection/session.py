@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from autopush_flask.config import Settings
 from autopush_flask.connection.broadcast import BroadcastRegistry
 from autopush_flask.connection.effects import (
     Close,
@@ -56,10 +57,25 @@ THROTTLED_HELLO_DELAY = (4.0, 8.0)
 DRAIN_RETRY_DELAY = (5.0, 60.0)
 MIGRATION_RETRY_DELAY = (1.0, 1800.0)
 CHECK_AGAIN_DELAY = 1.0
+TOO_MANY_CHANNELS = 413
+TOO_MANY_REGISTERS = 429
 
 CONNECTED, IDENTIFIED, CLOSED = "connected", "identified", "closed"
 
 log = logging.getLogger("autopush.connection")
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What one client may ask of the node (shared by all sessions of a worker)."""
+
+    max_channels: int = 500
+    # Registers per minute, in bursts of as many; 0 means no limit.
+    register_rate: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SessionLimits:
+        return cls(max_channels=settings.max_channels, register_rate=settings.register_rate)
 
 
 @dataclass
@@ -75,6 +91,7 @@ class NodeContext:
     crypto_keys: CryptoKeys
     metrics: Any
     broadcasts: BroadcastRegistry
+    limits: SessionLimits = dataclasses.field(default_factory=SessionLimits)
     sortkeys: SortKeyClock = dataclasses.field(default_factory=SortKeyClock)
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
@@ -103,7 +120,7 @@ class Session:
         "message_table", "existing_uaid", "reset_uaid", "rotate", "draining", "check_again",
         "include_topic", "unacked_direct", "unacked_stored", "bookmark", "batch_high",
         "batch_is_timestamp", "sent_from_storage", "last_ping", "broadcast_subs",
-        "broadcast_seen", "stats", "disconnect_reason",
+        "broadcast_seen", "stats", "disconnect_reason", "register_credit",
     )
 
     def __init__(self, ctx: NodeContext, user_agent: str = "") -> None:
@@ -132,6 +149,8 @@ class Session:
         self.broadcast_seen = 0
         self.stats = SessionStats()
         self.disconnect_reason = ""
+        # When the register rate allows the next register (see ``_register_allowed``).
+        self.register_credit = 0.0
 
     # ------------------------------------------------------------------
     # Entry points called by the transport
@@ -211,6 +230,10 @@ class Session:
         self.disconnect_reason = "shutdown"
         yield from self._store_direct(queued)
         yield from self._close(CLOSE_RESTART, "server restart")
+
+    def note_disconnect_reason(self, reason: str) -> None:
+        """The transport ended the connection itself (e.g. a write missed its deadline)."""
+        self.disconnect_reason = self.disconnect_reason or reason
 
     def on_disconnect(self, queued: Iterable[Notification] = ()) -> Effects:
         """The socket is gone: re-store unacked direct notifications (SPEC §2.17)."""
@@ -379,7 +402,13 @@ class Session:
         except ValueError:
             yield Send(error_reply("register", 400, "Invalid key", channel_id))
             return
+        if not self._register_allowed():
+            yield Send(error_reply("register", TOO_MANY_REGISTERS, "too many registers", channel_id))
+            return
         try:
+            if not (yield from self._room_for_channel(channel_id)):
+                yield Send(error_reply("register", TOO_MANY_CHANNELS, "too many channels", channel_id))
+                return
             yield from self._create_pending_user()
             yield Db("add_channel", lambda s: s.messages(self.message_table).add_channel(self.uaid, channel_id))
         except StorageThrottled:
@@ -397,6 +426,36 @@ class Session:
         self.ctx.metrics.increment("ua.command.register")
         log.info("Register", extra=log_fields(channel_id=channel_id, endpoint=endpoint, uaid_hash=self.uaid))
         yield Send({"messageType": "register", "channelID": channel_id, "status": 200, "pushEndpoint": endpoint})
+
+    def _register_allowed(self) -> bool:
+        """The register rate, as a generic cell rate algorithm: one float per session.
+
+        ``register_credit`` is when the register after the last accepted one
+        is due at the steady rate; a register is refused when that lies more
+        than a burst's worth of intervals ahead.
+        """
+        rate = self.ctx.limits.register_rate
+        if not rate:
+            return True
+        interval = 60.0 / rate
+        now = self.ctx.monotonic()
+        due = max(self.register_credit, now)
+        if due - now > interval * (rate - 1):
+            return False
+        self.register_credit = due + interval
+        return True
+
+    def _room_for_channel(self, channel_id: str) -> Generator[Any, Any, bool]:
+        """Whether the UAID may hold ``channel_id``: one it already has, or a new one under the cap.
+
+        Without a cap, one connection could grow its channel list (a single
+        storage item, read on every hello and bridge check) without bound.
+        """
+        if self.pending_user is not None:
+            return True  # a new user's first register: no channels yet
+        uaid, table = self.uaid, self.message_table
+        channels = yield Db("get_channels", lambda s: s.messages(table).get_channels(uaid))
+        return channel_id in channels or len(channels) < self.ctx.limits.max_channels
 
     def _create_pending_user(self) -> Effects:
         """The router record of a new user is written by its first register (SPEC A.13)."""

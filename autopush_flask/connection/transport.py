@@ -3,6 +3,11 @@
 One greenlet per client reads frames; router requests and timers reach the
 session from their own greenlets. A per-client lock makes sure only one
 handler of a session runs at a time, so the session needs no locking.
+
+No client can hold up another one: every write has a deadline
+(``PushWebSocket.send_frame``), the node's timer never waits for a client's
+lock (``tick``), and a client sending without pause yields to the others
+after each message.
 """
 
 from __future__ import annotations
@@ -28,13 +33,24 @@ from autopush_flask.connection.effects import (
     drive,
 )
 from autopush_flask.connection.session import Session
-from autopush_flask.connection.websocket import PushWebSocket
+from autopush_flask.connection.websocket import MESSAGE_REFUSED, PushWebSocket, SendTimeout
 from autopush_flask.db import Notification
 
 if TYPE_CHECKING:
     from autopush_flask.connection.node import ConnectionNode
 
 log = logging.getLogger("autopush.connection")
+
+# How long to wait for the client's close frame after sending ours when
+# ``AUTOPUSH_CLOSE_HANDSHAKE_TIMEOUT`` is 0. A browser answers within a round
+# trip; the clients we close are mostly dead ones, which never answer.
+DEFAULT_CLOSE_HANDSHAKE_TIMEOUT = 5.0
+# How long ``PUT /push`` waits for a busy client before answering 503 (the
+# endpoint then stores the message). Well under the endpoint's request
+# timeout (``AUTOPUSH_NODE_REQUEST_TIMEOUT``, 3 s): an endpoint that times out
+# takes the node for gone, and a delivery that then still happens is a
+# duplicate. It also keeps a stalled client from holding router requests.
+DELIVER_WAIT_SECONDS = 1.0
 
 
 class ClientConnection:
@@ -68,16 +84,26 @@ class ClientConnection:
     def serve(self) -> None:
         self.node.connections.add(self)
         try:
-            while not self.finished:
+            while True:
                 message = self.ws.receive()
                 if message is None:
                     break
-                if isinstance(message, str):
-                    self.run(self.session.on_text, message)
-                else:
-                    self.run(self.session.on_binary)
+                if message is MESSAGE_REFUSED:
+                    self._await_close_reply()
+                elif not self.finished:  # after our close frame, drop messages until the client's
+                    self._handle(message)
+                # Reading buffered frames and writing replies never blocks, so a
+                # client sending without pause would otherwise keep every other
+                # greenlet of the worker (clients, timers, router) waiting.
+                gevent.sleep(0)
         finally:
             self._end()
+
+    def _handle(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self.run(self.session.on_text, message)
+        else:
+            self.run(self.session.on_binary)
 
     def _end(self) -> None:
         self.node.connections.discard(self)
@@ -92,42 +118,81 @@ class ClientConnection:
 
     # ---- entry points for other greenlets
 
-    def run(self, handler: Any, *args: Any) -> bool:
-        """Run one session handler under the lock; ``False`` if the client is gone."""
-        with self.lock:
+    def run(self, handler: Any, *args: Any, wait: float | None = None) -> bool:
+        """Run one session handler under the lock; ``False`` if the client is gone
+        (or its lock stayed busy for ``wait`` seconds)."""
+        if not self.lock.acquire(timeout=wait):
+            return False
+        try:
             if self.finished:
                 return False
             try:
                 drive(handler(*args), self.perform)
+            except SendTimeout as error:
+                log.debug("send timeout", exc_info=error)
+                self.session.note_disconnect_reason("send timeout")
+                self._abort()
             except (WebSocketError, OSError) as error:
                 log.debug("socket error", exc_info=error)
                 self._abort()
             return True
+        finally:
+            self.lock.release()
 
     def deliver(self, notification: Notification) -> bool:
-        """``PUT /push``: ``False`` when the queue is full or the client is leaving."""
-        if self.finished or self.waiting_direct >= self.node.settings.client_queue_size:
+        """``PUT /push``: ``False`` (503, the endpoint stores it) when the client is
+        leaving, has too many deliveries waiting, too many direct notifications
+        unacknowledged, or stays busy (e.g. not reading) for ``DELIVER_WAIT_SECONDS``.
+
+        Unacknowledged ones stay in memory until acked or the client leaves;
+        the cap keeps a client that never acks (each ~1.4× the 4 KiB payload
+        limit) from growing without bound.
+        """
+        settings = self.node.settings
+        if self.finished or self.waiting_direct >= settings.client_queue_size:
+            return False
+        if len(self.session.unacked_direct) + self.waiting_direct >= settings.max_unacked_direct:
             return False
         self.waiting_direct += 1
         try:
-            return self.run(self.session.on_notification, notification)
+            return self.run(self.session.on_notification, notification, wait=DELIVER_WAIT_SECONDS)
         finally:
             self.waiting_direct -= 1
 
     def tick(self, now: float) -> None:
-        """Timer duties (hello timeout, auto-ping, pong timeout), once a second."""
+        """Timer duties (hello timeout, auto-ping, pong timeout), once a second.
+
+        Called for every client in turn by the node's one timer greenlet, so
+        it must never block: a due duty runs in a side greenlet, and only when
+        the client's lock is free. A client whose lock is held (a handler
+        waiting on storage, or writing to a client that stopped reading) is
+        looked at again on the next tick; if its hello or pong deadline has
+        passed by more than the send deadline meanwhile, it is aborted at the
+        socket level, without its lock.
+        """
+        if self.finished:
+            return
+        settings = self.node.settings
         if self.hello_deadline is not None and not self.session.identified:
-            if now >= self.hello_deadline:
-                self.run(self.session.on_hello_timeout)
+            self._when_due(now - self.hello_deadline, self.session.on_hello_timeout, "hello timeout")
             return
         if self.ping_sent_at is not None and self.ws.last_pong < self.ping_sent_at:
-            if now - self.ping_sent_at > self.node.settings.auto_ping_timeout:
-                self.run(self.session.on_ping_timeout)
+            late = now - self.ping_sent_at - settings.auto_ping_timeout
+            self._when_due(late, self.session.on_ping_timeout, "ping timeout")
             return
         if self.next_ping_at is not None and now >= self.next_ping_at:
-            self.next_ping_at = now + self.node.settings.auto_ping_interval
-            if not self.lock.locked():
-                self.run(self.session.on_auto_ping)
+            self.next_ping_at = now + settings.auto_ping_interval
+            if not self.lock.locked():  # a busy client is evidently alive
+                greenlets.spawn(self.run, self.session.on_auto_ping)
+
+    def _when_due(self, late: float, handler: Any, reason: str) -> None:
+        if late < 0:
+            return
+        if not self.lock.locked():
+            greenlets.spawn(self.run, handler)
+        elif late > self.node.settings.send_timeout:
+            self.session.note_disconnect_reason(reason)
+            self._abort()
 
     # ---- effects
 
@@ -153,19 +218,22 @@ class ClientConnection:
         return None
 
     def _close(self, effect: Close) -> None:
+        """Send the close frame; the client has the close-handshake timeout to answer.
+
+        The reading greenlet goes on reading until the client's close frame
+        arrives (then the connection ends at once) or the timer drops TCP.
+        """
+        self.ws.close(effect.code, effect.reason.encode())
+        self._await_close_reply()
+
+    def _await_close_reply(self) -> None:
+        if self.finished:
+            return
         self.finished = True
-        if not self.ws.closed:
-            self.ws.close(effect.code, effect.reason.encode())
-        self._abort()
+        wait = self.node.settings.close_handshake_timeout or DEFAULT_CLOSE_HANDSHAKE_TIMEOUT
+        greenlets.spawn_later(wait, self._abort)
 
     def _abort(self) -> None:
         """Drop the TCP connection so the reading greenlet ends promptly."""
         self.finished = True
-        self.ws.closed = True
-        handler = getattr(self.ws, "handler", None)
-        sock = getattr(handler, "socket", None)
-        if sock is not None:
-            try:
-                sock.shutdown(2)
-            except OSError:
-                pass
+        self.ws.abort()
