@@ -6,6 +6,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from autopush_flask.config import Settings
+from autopush_flask.endpoint.body_limits import BodyLimits
 from autopush_flask.endpoint.diagnostics import diagnostics
 from autopush_flask.endpoint.errors import install_error_handlers
 from autopush_flask.endpoint.headers import install_response_headers
@@ -28,7 +29,11 @@ def create_endpoint_app(settings: Settings, node_services: Services | None = Non
         app.register_blueprint(blueprint)
     install_error_handlers(app)
     install_response_headers(app, settings)
+    # Routes that read a body set their own cap (body_limits.read_body); this
+    # one covers any other reader.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_data
     if settings.proxy_fix:
         # Behind exactly one reverse proxy (deploy/nginx.conf) that sets these.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=1)  # type: ignore[method-assign]
+    app.wsgi_app = BodyLimits(app.wsgi_app, settings.body_min_rate, settings.body_grace)  # type: ignore[method-assign]
     return app

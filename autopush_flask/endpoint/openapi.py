@@ -10,6 +10,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 
 from autopush_flask import __version__
+from autopush_flask.endpoint.registration import MAX_BODY as REGISTRATION_MAX_BODY
 from autopush_flask.endpoint.schemas import (
     BridgePathSchema,
     ErrorSchema,
@@ -27,6 +28,7 @@ PUSH_ERRORS = {
     "400": "Invalid headers (errno 110–114)",
     "401": "VAPID authentication failed (errno 109)",
     "404": "Invalid endpoint (errno 102)",
+    "408": "Body sent too slowly (errno null)",
     "410": "Subscription gone (errno 103, 105, 106)",
     "413": "Payload too large (errno 104)",
     "503": "Storage unavailable; retry (errno 201, 202)",
@@ -79,7 +81,9 @@ def _push_operation(path_fields: list[str], max_data: int) -> dict[str, Any]:
 BRIDGE_ERRORS = {
     "400": "Invalid router type (errno 108), app id or body",
     "401": "Bad or missing bearer secret (errno 109)",
+    "408": "Body sent too slowly (errno null)",
     "410": "Unknown UAID (errno 103) or channel (errno 106)",
+    "413": f"Body larger than {REGISTRATION_MAX_BODY} bytes (errno 104)",
     "503": "Storage unavailable; retry (errno 201, 202)",
 }
 REGISTRATION = "/v1/{router_type}/{app_id}/registration"

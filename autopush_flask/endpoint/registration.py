@@ -17,12 +17,16 @@ from marshmallow import ValidationError
 
 from autopush_flask.crypto import decode_app_server_key, make_bridge_secret, make_endpoint_url, verify_bridge_secret
 from autopush_flask.db import User
-from autopush_flask.endpoint.errors import PushError, unauthorized
+from autopush_flask.endpoint.body_limits import read_body
+from autopush_flask.endpoint.errors import PushError, authorization_header, unauthorized
 from autopush_flask.endpoint.schemas import SubscriptionSchema
 from autopush_flask.endpoint.state import EndpointState, endpoint_state
 from autopush_flask.routers.bridge import BridgeRouter
 
 AUTH_SCHEMES = ("bearer", "webpush")
+# A registration body is a device token (FCM's are ~160 characters), a
+# channel id, a VAPID key and for APNs an ``aps`` object: well under 8 KiB.
+MAX_BODY = 8192
 PREFIX = "/v1/<router_type>/<app_id>/registration"
 
 registration = Blueprint("registration", __name__)
@@ -126,7 +130,7 @@ def _authenticated(router_type: str, uaid_text: str) -> tuple[BridgeRouter, User
 
 def _check_secret(uaid_hex: str) -> None:
     """``Authorization: Bearer <hex HMAC>``, any configured auth key (SPEC §5.2)."""
-    scheme, _, secret = request.headers.get("Authorization", "").strip().partition(" ")
+    scheme, _, secret = (authorization_header() or "").strip().partition(" ")
     if scheme.lower() not in AUTH_SCHEMES or not secret.strip():
         raise unauthorized()
     if not verify_bridge_secret(endpoint_state().settings.auth_keys, uaid_hex, secret.strip()):
@@ -141,16 +145,21 @@ def _parse_uuid(text: str, errno: int, message: str) -> uuid.UUID:
 
 
 def _json_body(required: bool) -> dict[str, Any]:
-    raw = request.get_data(cache=True)
+    raw = read_body(MAX_BODY, f"Request body must be smaller than {MAX_BODY} bytes")
     if not raw.strip() and not required:
         return {}
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
         raise PushError(400, None, "Body must be a JSON object")
     return body
+
+
+def _not_json(constant: str) -> None:
+    """Python's json accepts NaN and Infinity; JSON (and DynamoDB) do not."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _subscription_fields(body: dict[str, Any]) -> tuple[uuid.UUID, bytes | None]:

@@ -23,7 +23,8 @@ from autopush_flask.crypto import (
 )
 from autopush_flask.db import Notification, StorageError, User
 from autopush_flask.db.models import WEBPUSH
-from autopush_flask.endpoint.errors import PushError, storage_error, unauthorized
+from autopush_flask.endpoint.body_limits import read_body
+from autopush_flask.endpoint.errors import PushError, authorization_header, storage_error, unauthorized
 from autopush_flask.endpoint.schemas import PushHeaders, parse_push_headers
 from autopush_flask.endpoint.state import endpoint_state
 from autopush_flask.logging import log_fields
@@ -49,9 +50,8 @@ def push(api_version: str, token: str) -> Response:
     vapid = _check_vapid(subscription)
     user, channels = _load_user(subscription.uaid.hex)
     _check_subscription(user, channels, subscription)
-    body = request.get_data(cache=False)
-    if len(body) > state.settings.max_data:
-        raise PushError(413, 104, f"Data payload must be smaller than {state.settings.max_data} bytes")
+    max_data = state.settings.max_data
+    body = read_body(max_data, f"Data payload must be smaller than {max_data} bytes")
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
     notification = _notification(subscription, headers, body)
     destination = state.router_for(user).route(user, notification)
@@ -68,7 +68,7 @@ def _decrypt_token(token: str, api_version: str) -> EndpointToken:
 
 def _check_vapid(subscription: EndpointToken) -> VapidResult | None:
     """VAPID when present (v1) or required (v2), bound to the key for v2 (SPEC §4.6)."""
-    authorization = request.headers.get("Authorization")
+    authorization = authorization_header()
     if authorization is None:
         if subscription.key_hash is not None:
             raise unauthorized("Missing Authorization header")

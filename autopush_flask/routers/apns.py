@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import ssl
 import tempfile
 import threading
@@ -61,11 +60,14 @@ from autopush_flask.db import Notification, Storage, User
 from autopush_flask.endpoint.errors import PushError
 from autopush_flask.logging import log_fields
 from autopush_flask.routers.bridge import (
-    TOKEN_PATTERN,
+    UNSENDABLE,
     bridge_data,
     bridge_error,
     bridge_sent,
     device_gone,
+    storable_json,
+    unsendable_record,
+    valid_token,
 )
 
 PLATFORM = "apns"
@@ -82,6 +84,8 @@ DEFAULT_APS = {
         "title-loc-key": "SentTab.NoTabArrivingNotification.title",
     },
 }
+# Apple's own aps keys nest three deep (aps → alert → loc-args).
+APS_MAX_DEPTH = 8
 GONE_REASONS = frozenset({"BadDeviceToken", "Unregistered"})
 # The connection died under the request (Apple closed it): worth one retry.
 CONNECTION_CLOSED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -221,9 +225,8 @@ class ApnsClient:
         self._lock = threading.Lock()
         self._http: httpx.Client | None = None
 
-    def post(self, device_token: str, headers: dict[str, str], body: bytes) -> httpx.Response:
-        """POST /3/device/{token}; raises ``httpx.TimeoutException`` / ``httpx.TransportError``."""
-        path = f"/3/device/{quote(device_token, safe='')}"
+    def post(self, path: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+        """POST ``device_path(token)``; raises ``httpx.TimeoutException`` / ``httpx.TransportError``."""
         try:
             return self._send(path, headers, body)
         except CONNECTION_CLOSED as error:
@@ -282,7 +285,7 @@ class ApnsRouter:
     def router_data(self, app_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``{"token", "rel_channel"}`` plus ``"aps"`` when given (SPEC §5.3)."""
         token = body.get("token")
-        if not isinstance(token, str) or not re.fullmatch(TOKEN_PATTERN, token):
+        if not valid_token(token):
             raise PushError(400, None, "Missing or invalid token")
         if app_id not in self._clients:
             raise PushError(400, None, "Unknown release channel")
@@ -305,7 +308,10 @@ class ApnsRouter:
             self._error(channel, "invalid_channel", 400, None)
             raise PushError(400, None, "Unknown release channel")
 
-        body = _payload(notification, router_data.get("aps"))
+        try:
+            path, body = device_path(token), _payload(notification, router_data.get("aps"))
+        except UNSENDABLE as error:
+            raise unsendable_record(self._metrics, PLATFORM, channel) from error
         if len(body) > self._max_data:
             self._error(channel, "too_much_data", 413, ERRNO_TOO_LARGE)
             raise PushError(
@@ -320,7 +326,7 @@ class ApnsRouter:
             "content-type": "application/json",
         }
         try:
-            response = client.post(token, headers, body)
+            response = client.post(path, headers, body)
         except httpx.TimeoutException as error:
             log.warning("APNs timeout", extra=log_fields(error=repr(error), uaid_hash=user.uaid))
             self._error(channel, "timeout", 502, ERRNO_TIMEOUT)
@@ -347,13 +353,22 @@ class ApnsRouter:
 
 
 def _parse_aps(value: Any) -> dict | None:
-    """An object, or a string holding one (SPEC §5.3, A.24); else ``None``."""
+    """An object, or a string holding one (SPEC §5.3, A.24), that can be stored and sent; else ``None``.
+
+    ``aps`` comes from the client: a deep one would otherwise raise
+    RecursionError while stored or serialised (a 500), NaN or a lone
+    surrogate would fail DynamoDB or the UTF-8 payload of every push.
+    """
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and storable_json(value, APS_MAX_DEPTH) else None
+
+
+def device_path(token: str) -> str:
+    return f"/3/device/{quote(token, safe='')}"
 
 
 def _payload(notification: Notification, stored_aps: Any) -> bytes:

@@ -8,6 +8,7 @@ says the device is gone, the record is deleted and the app server gets 410.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Protocol
 
 from autopush_flask.db import Notification, Storage, StorageError, User
@@ -15,6 +16,13 @@ from autopush_flask.endpoint.errors import PushError
 from autopush_flask.logging import log_fields
 
 TOKEN_PATTERN = r"^[^ ]{8,}$"
+# Client JSON kept in a router record must fit DynamoDB (32 levels of nesting
+# in all, 38 significant digits, magnitudes 1e-130..1e126) and be sendable as
+# UTF-8 later: refused at registration, it can never fail a push.
+INTEGER_LIMIT = 10**38
+NUMBER_RANGE = (1e-130, 1e126)
+# What serialising stored client JSON can raise (json.dumps, quote, str.encode).
+UNSENDABLE = (RecursionError, TypeError, ValueError)
 UNCONFIGURED = {
     "fcm": (106, "Unknown FCM app id"),
     "apns": (None, "Unknown release channel"),
@@ -33,6 +41,63 @@ class BridgeRouter(Protocol):
     def route(self, user: User, notification: Notification) -> str:
         """Deliver through the platform; returns the destination label for metrics."""
         ...
+
+
+def valid_token(token: Any) -> bool:
+    """8+ characters without spaces, and encodable as UTF-8 (no lone surrogates) to be sent at all."""
+    return isinstance(token, str) and re.fullmatch(TOKEN_PATTERN, token) is not None and _utf8(token)
+
+
+def storable_json(value: Any, max_depth: int) -> bool:
+    """Whether parsed client JSON can be stored in a record and sent again as-is.
+
+    Walked without recursion, so no nesting depth can raise RecursionError.
+    """
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                return False
+            if isinstance(item, dict):
+                if not all(isinstance(key, str) and key and _utf8(key) for key in item):
+                    return False
+                item = item.values()
+            pending.extend((child, depth + 1) for child in item)
+        elif not _storable_scalar(item):
+            return False
+    return True
+
+
+def _storable_scalar(value: Any) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, int):
+        return abs(value) < INTEGER_LIMIT
+    if isinstance(value, float):
+        low, high = NUMBER_RANGE
+        return value == 0 or low <= abs(value) < high  # also refuses NaN and infinities
+    return False
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def unsendable_record(metrics: Any, platform: str, app_id: str) -> PushError:
+    """A stored record no platform message can be built from: 400, never a 500.
+
+    Registration refuses such data now; records written before (or by other
+    servers) can still hold it.
+    """
+    bridge_error(metrics, platform, app_id, "invalid_record", 400, None)
+    return PushError(400, None, "The bridge record cannot be sent")
 
 
 def bridge_data(notification: Notification) -> dict[str, str]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 from typing import Any
 
@@ -43,11 +42,13 @@ from autopush_flask.db import Notification, Storage, User
 from autopush_flask.endpoint.errors import PushError
 from autopush_flask.logging import log_fields
 from autopush_flask.routers.bridge import (
-    TOKEN_PATTERN,
+    UNSENDABLE,
     bridge_data,
     bridge_error,
     bridge_sent,
     device_gone,
+    unsendable_record,
+    valid_token,
 )
 
 PLATFORM = "fcm"
@@ -178,7 +179,7 @@ class FcmRouter:
     def router_data(self, app_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """SPEC §5.3: a plausible device token and a configured app id."""
         token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not re.fullmatch(TOKEN_PATTERN, token):
+        if not valid_token(token):
             raise PushError(400, None, "Missing or invalid token")
         if app_id not in self._apps:
             raise PushError(400, 106, UNKNOWN_APP)
@@ -197,15 +198,19 @@ class FcmRouter:
             raise self._failure(app_id, "too_much_data", 413, 104, f"Data too large: too long by {excess} bytes")
         ttl = min(self._settings.fcm_max_ttl, max(self._settings.fcm_min_ttl, notification.ttl))
         message = {"message": {"token": token, "android": {"ttl": f"{ttl}s", "data": data}}}
-        response = self._send(app_id, message)
+        try:
+            payload = _compact_json(message)
+        except UNSENDABLE as error:  # a record from before tokens were checked (lone surrogates)
+            raise unsendable_record(self._metrics, PLATFORM, app_id) from error
+        response = self._send(app_id, payload)
         if 200 <= response.status_code < 300:
             return bridge_sent(self._metrics, PLATFORM, app_id)
         raise self._error_answer(user, app_id, response)
 
-    def _send(self, app_id: str, message: dict) -> requests.Response:
+    def _send(self, app_id: str, payload: bytes) -> requests.Response:
         try:
             client = self._client(app_id)
-            return client.send_request(client.json_dumps(message), timeout=self._timeout)
+            return client.send_request(payload, timeout=self._timeout)
         except TokenFailure as error:
             log.error("FCM OAuth2 token failure", extra=log_fields(app_id=app_id, error=str(error)))
             raise self._failure(app_id, "oauth_failure", 500, None, "FCM credentials are not usable") from error

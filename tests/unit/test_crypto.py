@@ -601,7 +601,7 @@ def test_verify_vapid_uses_wall_clock_by_default(signer, pub):
 def test_vapid_verifier_remembers_signatures_but_rechecks_claims(signer, other_signer, pub) -> None:
     from autopush_flask.crypto import VapidVerifier
 
-    verifier = VapidVerifier(size=1)
+    verifier = VapidVerifier(max_bytes=1000, clock=lambda: NOW)  # room for one entry
     token = sign(signer, _claims(exp=NOW + 600))
     authorization = vapid_header(token, pub)
     assert verifier.verify(authorization, None, AUD, now=NOW).claims["aud"] == AUD
@@ -614,4 +614,4 @@ def test_vapid_verifier_remembers_signatures_but_rechecks_claims(signer, other_s
         verifier.verify(vapid_header(token, _b64(raw_point(other_signer))), None, AUD, now=NOW)
     other_token = sign(other_signer, _claims())
     verifier.verify(vapid_header(other_token, _b64(raw_point(other_signer))), None, AUD, now=NOW)
-    assert len(verifier._verified) == 1  # bounded
+    assert len(verifier) == 1  # bounded
