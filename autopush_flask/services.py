@@ -44,7 +44,8 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
     """Logging, metrics, storage (tables created when configured) and keys."""
     component = COMPONENTS.get(settings.node_type, DEFAULT_COMPONENT)
     log = setup_logging(
-        component, __version__, level=settings.log_level, human=settings.human_logs
+        component, __version__, level=settings.log_level, human=settings.human_logs,
+        crypto_keys=CryptoKeys(settings.crypto_keys),  # keys the logged uaid_hash alike on every node
     )
     if settings.crypto_keys_generated:
         log.warning(
@@ -73,6 +74,8 @@ def _start_sentry(settings: Settings) -> None:
     sentry_sdk.init(
         dsn=settings.sentry_dsn, environment=settings.env, release=__version__,
         integrations=[FlaskIntegration()], send_default_pii=False,
+        # Frame locals hold endpoint tokens, UAIDs and keys; logs never do.
+        include_local_variables=False,
     )
 
 
