@@ -43,11 +43,10 @@ from typing import Any
 import requests
 import websocket
 
+from tests.support.fuzzing import SCALE_VARIABLE
 from tests.support.push_client import PushClient
 
 # ---- scale -----------------------------------------------------------------------------
-
-SCALE_VARIABLE = "AUTOPUSH_FUZZ_SCALE"
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ SCALES = {
 
 
 def fuzz_scale() -> FuzzScale:
+    """``FUZZ_SCALE``: ``ci`` (default) or ``full``."""
     name = os.environ.get(SCALE_VARIABLE, "").strip().lower() or "ci"
     if name not in SCALES:
         raise ValueError(f"{SCALE_VARIABLE}={name!r}: expected one of {sorted(SCALES)}")
@@ -134,6 +134,38 @@ def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, 
         return header + payload
     key = os.urandom(4)  # the masking key has no effect on what the server sees
     return header + key + _xor(payload, key)
+
+
+OPCODE_NAMES = {0x0: "CONT", 0x1: "TEXT", 0x2: "BINARY", 0x8: "CLOSE", 0x9: "PING", 0xA: "PONG"}
+
+
+def describe_frames(wire: bytes, limit: int = 160) -> str:
+    """Client frames as a reader wants them in a failure: opcode, flags, unmasked payload.
+
+    The wire itself is masked with a random key, so its bytes say nothing; a frame cut
+    short (a hang-up, or a header claiming more than is sent) shows what was there.
+    """
+    shown, at = [], 0
+    while at + 2 <= len(wire):
+        first, second = wire[at], wire[at + 1]
+        size, at = second & 0x7F, at + 2
+        if size in (126, 127):
+            width = 2 if size == 126 else 8
+            size = int.from_bytes(wire[at:at + width], "big")
+            at += width
+        key = wire[at:at + 4] if second & 0x80 else b""
+        at += len(key)
+        payload = wire[at:at + size]
+        at += size
+        data = _xor(payload, key) if len(key) == 4 else payload
+        flags = "".join(flag for bit, flag in ((0x80, "F"), (0x40, "1"), (0x20, "2"), (0x10, "3")) if first & bit)
+        name = OPCODE_NAMES.get(first & 0x0F, hex(first & 0x0F))
+        cut = f" (claims {size}, sent {len(payload)})" if len(payload) < size else ""
+        mask = "" if second & 0x80 else " unmasked"
+        shown.append(f"{name}[{flags}{mask}]{cut} {data[:limit]!r}{'…' if len(data) > limit else ''}")
+    if at < len(wire):
+        shown.append(f"partial header {wire[at:]!r}")
+    return " + ".join(shown)
 
 
 class Dropped(Exception):
@@ -690,7 +722,7 @@ class FuzzWorker(threading.Thread):
             while self.stats.units < self.quota:
                 self._one_connection()
         except Exception as error:  # noqa: BLE001 - reported by the test
-            self.stats.errors.append(f"{type(error).__name__}: {error}")
+            self.stats.errors.append(f"{self.name} unit {self.stats.units}: {type(error).__name__}: {error}")
 
     def _one_connection(self) -> None:
         ws = RawWebSocket(self.host, self.port)
@@ -781,10 +813,12 @@ class FuzzWorker(threading.Thread):
             return TIMEOUT, texts
 
     def _mismatch(self, unit: Unit, problem: str, outcome: Any, texts: list[str]) -> None:
+        """Record which unit of which worker failed, its frames unmasked, and what came back."""
         self.stats.mismatch_count += 1
         if len(self.stats.mismatches) < 20:
-            self.stats.mismatches.append(f"{unit.label}: {problem}; sent {unit.wire[:160]!r}; "
-                                         f"got {outcome} {[t[:160] for t in texts]}")
+            self.stats.mismatches.append(
+                f"{self.name} unit {self.stats.units}: {unit.label}: {problem}; sent {describe_frames(unit.wire)}; "
+                f"got {outcome} {[t[:160] for t in texts]}")
 
 
 def run_fuzzers(host: str, port: int, units: int, threads: int, seed: int) -> FuzzStats:

@@ -18,16 +18,21 @@ dynalite), both checking the same property (SPEC §4.1, §4.11):
    really reached; there the status must also be one a live subscription can
    get (201, 400, 401, 413) with the SPEC's errno.
 
-Runs are reproducible: hypothesis is derandomized and has no example database,
-so the same tree and the same test selection send the same requests. (Hypothesis
-also mixes in constants from the project modules already imported, so running
-this file together with others, or editing project code, can shift the cases.)
-The last test prints ``fuzz: cases=N 5xx=0 ...`` (pytest shows it without -s).
+Answers that gunicorn (or nginx) gives before the app — 400, 414, 431, 501 with
+the front's own HTML page — are what HTTP prescribes and pass; see
+``tests.support.fuzzing``.
+
+Runs are reproducible: both passes are seeded with ``FUZZ_SEED`` (default fixed;
+each test prints its seed and a command that replays it) and there is no example
+database, so the same tree and the same test selection send the same requests.
+(Hypothesis also mixes in constants from the project modules already imported,
+so running this file together with others, or editing project code, can shift
+the cases.) The last test prints ``fuzz: cases=N 5xx=0 ...`` (pytest shows it
+without -s).
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
@@ -37,22 +42,25 @@ from dataclasses import dataclass
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from autopush_flask.endpoint.schemas import BASE64URL_VALUE, SIGNED_INTEGER
+from tests.support.fuzzing import SEED, Answer, Verdict, judge
+from tests.support.fuzzing import fuzz_seed, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
 from tests.support.stack import Stack
 from tests.support.webpush import AppServer, b64url, raw_public_key
 
-ERROR_FIELDS = {"code", "errno", "error", "message", "more_info"}
 MAX_TTL = 2_592_000  # default max_notification_ttl (SPEC §4.4.1)
 MAX_DATA = 4096  # default max_data (SPEC §4.5)
 # What a live, registered subscription can be answered (no storage outage here).
 LIVE_ERRNOS = {400: {110, 111, 112, 113, 114}, 401: {109}, 413: {104}}
 
+# The seed (``@seed`` / the schema's config) takes precedence over ``derandomize``.
+# ``fuzz_seed`` is function-scoped but only prints, so sharing it between examples is fine.
 FUZZ_SETTINGS = settings(
     max_examples=60, derandomize=True, database=None, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
 
 TALLY: Counter[str] = Counter()
@@ -73,33 +81,22 @@ def http(stack: Stack) -> Iterator[requests.Session]:
 
 @pytest.fixture(scope="module")
 def api_schema(stack: Stack):
-    """The schema exactly as the running node serves it."""
-    return schemathesis.openapi.from_url(f"{stack.endpoint_url}/openapi.json", timeout=10)
+    """The schema exactly as the running node serves it, generating from ``FUZZ_SEED``."""
+    loaded = schemathesis.openapi.from_url(f"{stack.endpoint_url}/openapi.json", timeout=10)
+    loaded.config.seed = SEED
+    return loaded
 
 
 # ---- the property ----------------------------------------------------------------
 
 
-def check_response(source: str, status: int, content_type: str | None, body: bytes, request: str) -> dict | None:
-    """Count the case, then check it: see ``assert_spec_response``."""
+def check_response(source: str, answer: Answer, request: str) -> Verdict:
+    """Count the case, then judge it (``tests.support.fuzzing.judge``)."""
     TALLY["cases"] += 1
     TALLY[source] += 1
-    TALLY[f"{status // 100}xx"] += 1
-    return assert_spec_response(status, content_type, body, request)
-
-
-def assert_spec_response(status: int, content_type: str | None, body: bytes, request: str) -> dict | None:
-    """No 5xx; an error has the SPEC §4.11 body. Returns the error body, if any."""
-    assert status < 500, f"{status} for {request}\n{body[:500]!r}"
-    if status < 400:
-        return None
-    assert content_type == "application/json", f"{status} {content_type!r} for {request}\n{body[:500]!r}"
-    error = json.loads(body)
-    assert isinstance(error, dict) and set(error) == ERROR_FIELDS, f"{error!r} for {request}"
-    assert error["code"] == status, f"{error!r} for {request}"
-    assert error["errno"] is None or type(error["errno"]) is int, f"{error!r} for {request}"
-    assert all(isinstance(error[name], str) for name in ("error", "message", "more_info")), error
-    return error
+    verdict = judge(answer, request)
+    TALLY[f"front:{answer.status}" if verdict.front else f"{answer.status // 100}xx"] += 1
+    return verdict
 
 
 # ---- 1. schemathesis over the documented operations -------------------------------------
@@ -107,24 +104,12 @@ def assert_spec_response(status: int, content_type: str | None, body: bytes, req
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-@pytest.fixture
-def schemathesis_nodeid_shim(request: pytest.FixtureRequest) -> None:
-    """schemathesis 4.32.5's ``from_fixture`` tests read and write ``request.node._nodeid``,
-    which pytest 9.2 no longer has (nodes keep ``_id``; ``nodeid`` is a read-only property).
-    Giving the item the attribute lets them run; only their cosmetic renaming of the
-    node id is lost (subtests are still labelled with the operation)."""
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
-
-
 @FUZZ_SETTINGS
-@pytest.mark.usefixtures("schemathesis_nodeid_shim")
+@pytest.mark.usefixtures("schemathesis_nodeid_shim", "fuzz_seed")
 @schema.parametrize()
 def test_documented_operations(case, stack: Stack, http: requests.Session) -> None:
     response = case.call(base_url=stack.endpoint_url, session=http, timeout=10)
-    content_type = (response.headers.get("content-type") or [None])[0]
-    check_response("schemathesis", response.status_code, content_type, response.content,
-                   case.as_curl_command(base_url=stack.endpoint_url))
+    check_response("schemathesis", Answer.of(response), case.as_curl_command(base_url=stack.endpoint_url))
 
 
 # ---- 2. hypothesis headers against live subscriptions ------------------------------------
@@ -287,6 +272,8 @@ def describe(url: str, headers: dict[str, str], data: bytes) -> str:
 
 
 @pytest.mark.parametrize("kind", ["v1", "unversioned", "v2"])
+@pytest.mark.usefixtures("fuzz_seed")
+@seed(SEED)
 @settings(FUZZ_SETTINGS, max_examples=80)
 @given(data=st.data())
 def test_push_headers_on_live_subscriptions(
@@ -296,8 +283,12 @@ def test_push_headers_on_live_subscriptions(
     push = data.draw(push_requests(needs_vapid=kind == "v2", valid_authorization=target.valid_authorization))
     request = describe(target.url, push.headers, push.data)
     response = http.post(target.url, data=push.data, headers=push.headers, timeout=10)
-    content_type = response.headers.get("Content-Type")
-    error = check_response("live", response.status_code, content_type, response.content, request)
+    verdict = check_response("live", Answer.of(response), request)
+    error = verdict.error
+    if verdict.front:
+        TALLY[f"live:front-{response.status_code}"] += 1
+        assert not push.valid, f"{verdict.front} refused a valid push: {response.status_code} for {request}"
+        return
     TALLY[f"live:{response.status_code}" if error is None else f"live:{error['errno']}"] += 1
     if push.valid:
         assert response.status_code == 201, f"{response.status_code} {response.text} for {request}"
@@ -330,7 +321,8 @@ def test_ttl_beyond_python_int_digit_limit(
     response = http.post(url, headers={"TTL": ttl}, timeout=10)
     sign = "'-' + " if ttl.startswith("-") else ""
     request = f"POST {url} headers={{'TTL': {sign}'9' * {len(ttl.lstrip('-'))}}}"
-    error = assert_spec_response(response.status_code, response.headers.get("Content-Type"), response.content, request)
+    verdict = judge(Answer.of(response), request)
+    error = verdict.error
     assert response.status_code == status, request
     if error is None:
         assert response.headers["TTL"] == str(MAX_TTL)
@@ -344,8 +336,10 @@ def test_ttl_beyond_python_int_digit_limit(
 def test_summary(capsys: pytest.CaptureFixture[str]) -> None:
     """Say what the run proved (runs last: pytest keeps the file's order)."""
     live = " ".join(f"{key[5:]}:{n}" for key, n in sorted(TALLY.items(), key=str) if key.startswith("live:"))
-    line = (f"fuzz: cases={TALLY['cases']} (schemathesis={TALLY['schemathesis']} live={TALLY['live']})"
-            f" 5xx={TALLY['5xx']} 2xx={TALLY['2xx']} 4xx={TALLY['4xx']} | live by status/errno: {live}")
+    front = " ".join(f"{key[6:]}:{n}" for key, n in sorted(TALLY.items()) if key.startswith("front:")) or "none"
+    line = (f"fuzz (seed {SEED}): cases={TALLY['cases']} (schemathesis={TALLY['schemathesis']} live={TALLY['live']})"
+            f" 5xx={TALLY['5xx']} 2xx={TALLY['2xx']} 4xx={TALLY['4xx']} refused by gunicorn: {front}"
+            f" | live by status/errno: {live}")
     with capsys.disabled():
         print(f"\n{line}")
     assert TALLY["5xx"] == 0
