@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test fuzz run clean docs version.json
+.PHONY: install test fuzz soak run clean docs version.json
 
 install: $(VENV)/.installed node_modules/.installed version.json
 
@@ -27,9 +27,23 @@ test: install
 	exit $$rc
 
 # Malformed traffic at full scale (acceptance item 4): >= 10,000 fuzzed WebSocket frames
-# and >= 10,000 schemathesis requests; `make test` runs the same tests at a smaller scale.
+# and >= 10,000 schemathesis requests, then the endpoint header fuzz; `make test` runs the
+# same tests at a smaller scale. Every fuzz test prints its seed and a command that
+# replays it; `FUZZ_SEED=<n> make fuzz` (or `make fuzz FUZZ_SEED=<n>`) replays a whole run,
+# `FUZZ_SEED=random` draws a new one. Not AUTOPUSH_*: the nodes refuse unknown ones.
+FUZZ_SEED ?=
 fuzz: install
-	AUTOPUSH_FUZZ_SCALE=full $(VPY) -m pytest tests/e2e/test_malformed_traffic.py -p no:cacheprovider -o timeout=1800
+	FUZZ_SCALE=full FUZZ_SEED=$(FUZZ_SEED) $(VPY) -m pytest tests/e2e/test_malformed_traffic.py \
+		tests/integration/test_fuzz_endpoint.py -p no:cacheprovider -o timeout=1800
+
+# The chaos soak for 10 minutes (`make test` runs it for 60 s): every push answered 201 must
+# be delivered, stored, expired or replaced while masters are reloaded, restarted and killed,
+# the database goes away and connections drop. It prints its seed; `SOAK_SEED=<n> make soak`
+# replays the fault schedule. Not AUTOPUSH_*: the nodes refuse unknown ones.
+SOAK_SEED ?=
+soak: install
+	SOAK_SECONDS=600 SOAK_SEED=$(SOAK_SEED) $(VPY) -m pytest tests/e2e/test_soak.py -s \
+		-p no:cacheprovider -o timeout=1800
 
 run: install
 	$(VPY) scripts/run-local
