@@ -148,6 +148,10 @@ class NotificationSchema(Schema):
     timestamp = fields.Integer(load_default=0)
     data = fields.String(load_default=None, allow_none=True)
     headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None, allow_none=True)
+    # The endpoint's stamp (timestamp messages), so a copy the node stores
+    # keeps the endpoint's version; ``stored``: the endpoint already stored it.
+    sortkey_timestamp = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
+    stored = fields.Boolean(load_default=False)
 
 
 NOTIFICATION_SCHEMA = NotificationSchema()
@@ -184,7 +188,7 @@ def push(uaid: str) -> Response:
     notification = Notification(
         channel_id=str(body["channelID"]), version=body["version"], ttl=body["ttl"],
         timestamp=body["timestamp"], topic=body["topic"] or None, data=body["data"] or None,
-        headers=body["headers"],
+        headers=body["headers"], sortkey_timestamp=body["sortkey_timestamp"], stored=body["stored"],
     )
     if not client.deliver(notification):
         return _text("Client busy.", 503)

@@ -87,6 +87,9 @@ class Notification:
     data: str | None = None
     headers: dict[str, str] | None = field(default=None)
     legacy: bool = False
+    # Already in the message table (read from it, or stored by the endpoint
+    # before handing it to a node): never stored again by a node.
+    stored: bool = False
 
     @property
     def sort_key(self) -> str:
@@ -128,6 +131,7 @@ class Notification:
             timestamp=int(item.get("timestamp", 0)),
             data=item.get("data"),
             headers=item.get("headers"),
+            stored=True,
             **{k: v for k, v in parsed.items() if k != "version"},
         )
 
