@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import signal
+import random
 import socket
 import subprocess
 import time
@@ -12,12 +13,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_DYNAMODB = ROOT / "scripts" / "local-dynamodb"
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+QUIET_PORTS_FROM = 20_000
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port_range(1)
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
@@ -74,24 +75,30 @@ class LocalDynamoDB:
 
 
 def free_port_range(count: int) -> int:
-    """A base port with ``count`` consecutive free ports (router slots)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
+    """A base port with ``count`` consecutive free ports, below the ephemeral range.
+
+    Nodes bind their ports a moment after the test picked them, and
+    re-bind them on restarts. A port from the kernel's ephemeral range can
+    meanwhile become the local port of any outgoing connection (clients,
+    storage calls, node-to-node requests) and the bind then fails; below the
+    range no connection ever takes it.
+    """
+    low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    chooser = random.SystemRandom()
+    for _ in range(200):
+        base = chooser.randrange(QUIET_PORTS_FROM, low - count)
+        if all(_bindable(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no {count} free consecutive ports below {low}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
         try:
-            sockets = []
-            for offset in range(count):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", base + offset))
-                sockets.append(sock)
+            sock.bind(("127.0.0.1", port))
         except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        return base
-    raise RuntimeError("no free port range")
+            return False
+    return True
 
 
 class GunicornNode:
