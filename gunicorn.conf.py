@@ -71,6 +71,8 @@ worker_class = CONNECTION_WORKER if _app == CONNECTION_APP else "gevent"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # Idle push connections are the connection node's normal state.
 worker_connections = 20000 if _app == CONNECTION_APP else 1000
+# A stopping connection worker stores its clients' unacknowledged notifications
+# and closes them within this; the container's stop timeout must be longer.
 graceful_timeout = 25
 keepalive = 75
 accesslog = None

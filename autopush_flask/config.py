@@ -353,6 +353,20 @@ class Settings:
         "Stored messages one drain may deliver before the UAID is reset.",
         CONNECTION,
     )
+    bookmark_margin: float = setting(
+        fields.Float(load_default=60.0, validate=POSITIVE_SECONDS),
+        "Seconds the stored bookmark of a UAID stays behind the start of the drain that wrote it, so "
+        "that a message written late under an earlier stamp is still read: must exceed the longest "
+        "delay from an endpoint stamping a message to its write landing (~40 s with the built-in "
+        "DynamoDB timeouts and retries) plus the clock skew between hosts.",
+        CONNECTION,
+    )
+    retry_queue_size: int = setting(
+        fields.Integer(load_default=10000, validate=POSITIVE),
+        "Notifications (and other failed writes: ack deletes, bookmarks) one worker keeps retrying in "
+        "the background after a storage failure; beyond it they are given up (`storage.retry.given_up`).",
+        CONNECTION,
+    )
     client_queue_size: int = setting(
         fields.Integer(load_default=128, validate=POSITIVE),
         "Per-session queue of pending direct notifications.",
@@ -422,6 +436,13 @@ class Settings:
     node_request_timeout: float = setting(
         fields.Float(load_default=3.0, validate=NON_NEGATIVE),
         "Total seconds for `PUT /push` and `PUT /notif`.",
+        ENDPOINT,
+    )
+    durable_direct: bool = setting(
+        Flag(load_default=False),
+        "Store each message (TTL > 0) before handing it to a connection node, which deletes it on ack: "
+        "no single process or host failure loses an accepted message. Costs a write and a delete per "
+        "direct notification.",
         ENDPOINT,
     )
     fcm_credentials: dict | None = setting(

@@ -38,6 +38,24 @@ class Db:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """Hand a storage write that failed to the worker's retry queue (``retries.py``).
+
+    It is tried again in the background until ``give_up_at`` (wall-clock
+    seconds); ``message_ids`` are what is lost if it never lands (logged,
+    shortened); with ``notify`` the UAID's node is asked to look at storage
+    once it has landed.
+    """
+
+    operation: str
+    call: Callable[[Any], Any]
+    give_up_at: float
+    uaid: str
+    message_ids: tuple[str, ...] = ()
+    notify: bool = False
+
+
+@dataclass(frozen=True)
 class NodeRequest:
     """Fire-and-forget HTTP call to another node's private router."""
 
@@ -70,7 +88,7 @@ class PingFrame:
     """Send a WebSocket ping frame and expect a pong within the auto-ping timeout."""
 
 
-Effect = Send | Close | Db | NodeRequest | Sleep | Schedule | Identify | PingFrame
+Effect = Send | Close | Db | Retry | NodeRequest | Sleep | Schedule | Identify | PingFrame
 
 
 def drive(handler: Generator[Any, Any, None], perform: Callable[[Any], Any]) -> None:

@@ -16,14 +16,16 @@ from urllib.parse import urlsplit
 
 import gevent
 import requests
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.broadcast import BroadcastRegistry, MegaphonePoller
 from autopush_flask.connection.registry import ClientRegistry
+from autopush_flask.connection.retries import RetryQueue
 from autopush_flask.connection.router import router_server_tls
 from autopush_flask.connection.session import NodeContext, SessionLimits
-from autopush_flask.db import Storage
+from autopush_flask.db import Storage, StorageError
 from autopush_flask.logging import log_fields
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.services import Services
@@ -34,6 +36,14 @@ if TYPE_CHECKING:
     from autopush_flask.connection.transport import ClientConnection
 
 TICK_SECONDS = 1.0
+# Clients whose unacked direct notifications are stored at once during a
+# graceful stop: enough to store a few thousand clients a second on a
+# healthy table, few enough not to flood a slow one (every other client's
+# store would time out together) or open more DynamoDB connections than the
+# client keeps (100).
+SHUTDOWN_STORE_CONCURRENCY = 32
+# Of the stop deadline, what is kept for the 1012 closes after storing.
+SHUTDOWN_CLOSE_SECONDS = 2.0
 log = logging.getLogger("autopush.connection")
 
 
@@ -59,6 +69,7 @@ class ConnectionNode:
             metrics=node_services.metrics,
             broadcasts=self.broadcasts,
             limits=SessionLimits.from_settings(settings),
+            bookmark_margin=settings.bookmark_margin,
         )
         self.encode = json.JSONEncoder(separators=(",", ":")).encode
         self.http = requests.Session()
@@ -66,6 +77,9 @@ class ConnectionNode:
         # Built here, at worker boot, so a bad key or certificate stops start-up.
         self._router_tls = router_server_tls(settings)
         self._router_ca_verify: str | bool = settings.router_ca or True
+        self.retries = RetryQueue(
+            self.call_storage, self.check_storage_of, node_services.metrics, settings.retry_queue_size
+        )
         self.stopping = False
         self._router_server: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -88,6 +102,7 @@ class ConnectionNode:
         self._router_server = WSGIServer(address, router_app, log=None, **tls)
         self._router_server.start()
         self._greenlets.append(gevent.spawn(self._tick_forever))
+        self._greenlets.append(self.retries.start())
         if self.settings.megaphone_api_url:
             poller = MegaphonePoller(
                 self.broadcasts, self.settings.megaphone_api_url, self.settings.megaphone_api_token,
@@ -97,14 +112,48 @@ class ConnectionNode:
         log.info("Connection node started", extra=log_fields(node_id=self.node_id))
 
     def shutdown(self, timeout: float) -> None:
-        """Stop taking work, keep every unacked direct notification, close with 1012."""
+        """Stop taking work, store every unacked direct notification, close with 1012.
+
+        Everything happens within ``timeout`` seconds, in order: the router
+        stops (no new direct notifications); the clients holding unacked
+        direct notifications are stored, ``SHUTDOWN_STORE_CONCURRENCY`` at a
+        time, and the retry queue tried once more, until
+        ``SHUTDOWN_CLOSE_SECONDS`` before the deadline; then every client is
+        closed with 1012. What could not be stored by then is counted
+        (``storage.retry.given_up``, reason ``shutdown``) and logged with its
+        message ids. Clients are closed after the stores so that their
+        reconnections (hellos, drains) do not compete with them for storage.
+        """
+        deadline = time.monotonic() + timeout
         self.stopping = True
         if self._router_server is not None:
             self._router_server.stop(timeout=1)
-        closing = [gevent.spawn(c.run, c.session.on_shutdown) for c in list(self.connections)]
-        gevent.joinall(closing, timeout=timeout)
+        clients = list(self.connections)
+        store_until = deadline - min(SHUTDOWN_CLOSE_SECONDS, timeout / 4)
+        self._store_unacked([c for c in clients if c.session.unacked_direct], store_until)
+        self.retries.flush(store_until - time.monotonic())
+        closing = [greenlets.spawn(c.shut_down, max(0.0, deadline - time.monotonic())) for c in clients]
+        gevent.joinall(closing, timeout=max(0.0, deadline - time.monotonic()))
         gevent.killall(self._greenlets, block=False)
-        log.info("Connection node stopped", extra=log_fields(node_id=self.node_id, clients=len(closing)))
+        log.info("Connection node stopped", extra=log_fields(node_id=self.node_id, clients=len(clients)))
+
+    def _store_unacked(self, clients: list[ClientConnection], until: float) -> None:
+        """Store the clients' unacked direct notifications, a bounded number at a time, until ``until``.
+
+        A store still running then is interrupted: its client keeps the
+        notifications as unstored, and ``shut_down`` gives them up.
+        """
+        pool = Pool(SHUTDOWN_STORE_CONCURRENCY)
+
+        def feed() -> None:
+            for client in clients:
+                pool.spawn(client.run, client.session.on_shutdown_store)
+            pool.join()
+
+        feeder = gevent.spawn(feed)
+        feeder.join(timeout=max(0.0, until - time.monotonic()))
+        feeder.kill(block=True, timeout=1)
+        pool.kill(block=True, timeout=1)
 
     def _tick_forever(self) -> None:
         """Each second, every client's timer duties, then the message-table refresh.
@@ -149,7 +198,16 @@ class ConnectionNode:
         calls there would stay in each idle client's RSS for good; a
         short-lived greenlet gives those pages back.
         """
-        return greenlets.spawn(call, self.storage).get()
+        return greenlets.call(call, self.storage)
+
+    def check_storage_of(self, uaid: str) -> None:
+        """Ask the node now holding ``uaid`` to look at storage (after a retried store landed)."""
+        try:
+            user = self.storage.router.get_user(uaid)
+        except StorageError:
+            return  # stored all the same: the client's next drain finds them
+        if user is not None and user.node_id:
+            self.node_request("PUT", f"{user.node_id}/notif/{uaid}")
 
     def node_request(self, method: str, url: str) -> None:
         greenlets.spawn(self._node_request, method, url)

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from autopush_flask.connection.effects import (
     Identify,
     NodeRequest,
     PingFrame,
+    Retry,
     Schedule,
     Send,
     Sleep,
@@ -40,7 +42,8 @@ from autopush_flask.connection.protocol import (
     parse_uuid,
     register_channel_problem,
 )
-from autopush_flask.crypto import CryptoKeys, decode_app_server_key, make_endpoint_url
+from autopush_flask.connection.retries import report_given_up
+from autopush_flask.crypto import CryptoKeys, InvalidMessageIdError, MessageId, decode_app_server_key, make_endpoint_url
 from autopush_flask.db import Notification, Storage, StorageError, StorageThrottled, User
 from autopush_flask.db.models import WEBPUSH, SortKeyClock
 from autopush_flask.logging import log_fields
@@ -59,6 +62,12 @@ MIGRATION_RETRY_DELAY = (1.0, 1800.0)
 CHECK_AGAIN_DELAY = 1.0
 TOO_MANY_CHANNELS = 413
 TOO_MANY_REGISTERS = 429
+# A failed bookmark write is retried this long; a bookmark left behind only
+# makes a later drain re-read messages that are already deleted.
+BOOKMARK_RETRY_SECONDS = 300.0
+# Acknowledged versions a session remembers (see ``RecentVersions``).
+RECENT_ACKS = 64
+NO_HASH = -1  # hash() never returns -1
 
 CONNECTED, IDENTIFIED, CLOSED = "connected", "identified", "closed"
 
@@ -92,6 +101,8 @@ class NodeContext:
     metrics: Any
     broadcasts: BroadcastRegistry
     limits: SessionLimits = dataclasses.field(default_factory=SessionLimits)
+    # ``AUTOPUSH_BOOKMARK_MARGIN``: how far the stored bookmark stays behind a drain's start.
+    bookmark_margin: float = 60.0
     sortkeys: SortKeyClock = dataclasses.field(default_factory=SortKeyClock)
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
@@ -99,6 +110,36 @@ class NodeContext:
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+    def stamp_at(self, seconds: float) -> int:
+        """The sort-key timestamp (microseconds) of a wall-clock time."""
+        return int(seconds * 1_000_000)
+
+
+class RecentVersions:
+    """The last ``RECENT_ACKS`` versions a session saw acknowledged, as 64-bit hashes.
+
+    Enough to recognise a ``PUT /push`` retried after the client acked the
+    first copy, and a stored message re-read (within the bookmark margin)
+    whose delete has not landed yet; older ones may come again, a duplicate
+    and never a loss. Hashes rather than the ~140-byte versions keep it at
+    ~0.6 KiB, made only for a session that acks; two versions sharing a
+    64-bit hash within one session's last 64 (odds ~2^-58) would hide the
+    newer one.
+    """
+
+    __slots__ = ("_hashes", "_next")
+
+    def __init__(self) -> None:
+        self._hashes = array("q", [NO_HASH]) * RECENT_ACKS
+        self._next = 0
+
+    def add(self, version: str) -> None:
+        self._hashes[self._next] = hash(version)
+        self._next = (self._next + 1) % RECENT_ACKS
+
+    def __contains__(self, version: str) -> bool:
+        return hash(version) in self._hashes
 
 
 @dataclass(slots=True)
@@ -118,9 +159,10 @@ class Session:
     __slots__ = (
         "ctx", "state", "uaid", "connected_at", "started", "user_agent", "pending_user",
         "message_table", "existing_uaid", "reset_uaid", "rotate", "draining", "check_again",
-        "include_topic", "unacked_direct", "unacked_stored", "bookmark", "batch_high",
-        "batch_is_timestamp", "sent_from_storage", "last_ping", "broadcast_subs",
-        "broadcast_seen", "stats", "disconnect_reason", "register_credit",
+        "include_topic", "unacked_direct", "unacked_stored", "cursor", "stored_bookmark",
+        "drain_started", "batch_high", "batch_is_timestamp", "sent_from_storage", "recent_acks",
+        "last_ping", "broadcast_subs", "broadcast_seen", "stats", "disconnect_reason",
+        "register_credit",
     )
 
     def __init__(self, ctx: NodeContext, user_agent: str = "") -> None:
@@ -140,10 +182,15 @@ class Session:
         self.include_topic = True
         self.unacked_direct: dict[str, Notification] = {}
         self.unacked_stored: dict[str, Notification] = {}
-        self.bookmark: int | None = None
+        # Where this drain reads timestamp messages from (in memory only), and
+        # the stored bookmark as last read or written (see ``_advance_bookmark``).
+        self.cursor: int | None = None
+        self.stored_bookmark: int | None = None
+        self.drain_started = 0.0
         self.batch_high: int | None = None
         self.batch_is_timestamp = False
         self.sent_from_storage = 0
+        self.recent_acks: RecentVersions | None = None
         self.last_ping: float | None = None
         self.broadcast_subs: dict[str, str] = {}
         self.broadcast_seen = 0
@@ -195,10 +242,19 @@ class Session:
         yield from self._close(CLOSE_ERROR, "no pong")
 
     def on_notification(self, notification: Notification) -> Effects:
-        """A direct notification from ``PUT /push`` (SPEC §2.17)."""
+        """A direct notification from ``PUT /push`` (SPEC §2.17).
+
+        The same version again (a ``PUT /push`` retried after a stale
+        keep-alive connection, or after a timeout when the first one did
+        arrive) is accepted without a second copy to the client: it is
+        already awaiting its ack, or was acked moments ago.
+        """
         if self.state != IDENTIFIED:
             return
+        if self._seen(notification.version):
+            return
         if notification.ttl:
+            notification = self._with_stamp(notification)
             self.unacked_direct[notification.version] = notification
         yield from self._send_notification(notification, "Direct")
 
@@ -225,11 +281,28 @@ class Session:
         else:
             yield PingFrame()
 
-    def on_shutdown(self, queued: Iterable[Notification] = ()) -> Effects:
-        """The worker stops: keep every unacked direct notification, then say 1012."""
+    def on_shutdown_store(self) -> Effects:
+        """The worker stops, first step: store the unacked direct notifications.
+
+        The client stays connected until ``on_shutdown``; an ack meanwhile
+        deletes the stored copy.
+        """
         self.disconnect_reason = "shutdown"
-        yield from self._store_direct(queued)
+        yield from self._store_direct((), keep_tracking=True)
+
+    def on_shutdown(self) -> Effects:
+        """The worker stops, last step: what is still not stored is given up (counted
+        and logged); close with 1012 so the client reconnects elsewhere."""
+        self.disconnect_reason = "shutdown"
+        self.give_up_unstored("shutdown")
         yield from self._close(CLOSE_RESTART, "server restart")
+
+    def give_up_unstored(self, reason: str) -> None:
+        """Count and log the direct notifications nobody will store, and forget them."""
+        unstored = [n.version for n in self.unacked_direct.values() if not n.stored]
+        self.unacked_direct = {}
+        if unstored:
+            report_given_up(self.ctx.metrics, "store_direct", reason, self.uaid or "", unstored)
 
     def note_disconnect_reason(self, reason: str) -> None:
         """The transport ended the connection itself (e.g. a write missed its deadline)."""
@@ -239,6 +312,7 @@ class Session:
         """The socket is gone: re-store unacked direct notifications (SPEC §2.17)."""
         self.state = CLOSED
         yield from self._store_direct(queued)
+        self.unacked_direct = {}
         self._log_session()
 
     # ------------------------------------------------------------------
@@ -512,24 +586,51 @@ class Session:
         yield from self._after_acks()
 
     def _ack_one(self, version: str) -> Effects:
-        if self.unacked_direct.pop(version, None) is not None:
-            self.stats.direct_acked += 1
-            return
-        notification = self.unacked_stored.pop(version, None)
-        if notification is None:
-            return
-        self.stats.stored_acked += 1
-        if notification.deleted_on_ack:
-            yield from self._delete_stored(notification)
+        """Forget an acknowledged notification and delete its stored copy, if it has one.
 
-    def _delete_stored(self, notification: Notification) -> Effects:
-        """Delete a topic/legacy message unless a newer one replaced it (SPEC §2.8)."""
-        updateid = None if notification.legacy else notification.version
-        store_key, uaid = notification.sort_key, self.uaid
-        yield from self._best_effort(
-            "delete_message",
-            lambda s: s.messages(self.message_table).delete_message(uaid, store_key, updateid),
+        Every stored message is deleted when acked, timestamp messages too:
+        the bookmark stays a margin behind (``_advance_bookmark``), so a later
+        drain re-reads the newest messages and must find only unacked ones.
+        A direct notification has a stored copy only when the endpoint stored
+        it first (durable direct delivery), or when the drain met it in
+        storage while it awaited this ack; otherwise an ack costs no storage call.
+        """
+        direct = self.unacked_direct.pop(version, None)
+        stored = self.unacked_stored.pop(version, None)
+        if direct is None and stored is None:
+            return
+        self._remember_ack(version)
+        if direct is not None:
+            self.stats.direct_acked += 1
+        if stored is not None:
+            self.stats.stored_acked += 1
+        copy = stored or (direct if direct is not None and direct.stored else None)
+        if copy is not None:
+            yield from self._delete_stored(copy)
+
+    def _remember_ack(self, version: str) -> None:
+        if self.recent_acks is None:
+            self.recent_acks = RecentVersions()
+        self.recent_acks.add(version)
+
+    def _seen(self, version: str) -> bool:
+        """Whether ``version`` awaits its ack here, or was acked moments ago."""
+        return (
+            version in self.unacked_direct
+            or version in self.unacked_stored
+            or (self.recent_acks is not None and version in self.recent_acks)
         )
+
+    def _delete_stored(self, notification: Notification, retry: bool = True) -> Generator[Any, Any, bool]:
+        """Delete a stored message unless a newer one replaced it (SPEC §2.8); ``True`` once done.
+
+        A delete that fails is retried in the background until the message expires.
+        """
+        updateid = None if notification.legacy else notification.version
+        store_key, uaid, table = notification.sort_key, self.uaid, self.message_table
+        call = lambda s: s.messages(table).delete_message(uaid, store_key, updateid)  # noqa: E731
+        retry_until = notification.timestamp + notification.ttl if retry else None
+        return (yield from self._best_effort("delete_message", call, retry_until, (notification.version,)))
 
     def _nack(self, message: dict) -> Effects:
         """Logged and counted; a nack is not an acknowledgement."""
@@ -578,6 +679,8 @@ class Session:
         self.draining = True
         self.include_topic = True
         self.sent_from_storage = 0
+        self.cursor = None  # each drain starts from the stored bookmark, read afresh
+        self.drain_started = self.ctx.clock()
         yield from self._drain()
 
     def _drain(self) -> Effects:
@@ -596,12 +699,15 @@ class Session:
             if batch is None:
                 yield from self._drain_finished()
                 return
-            live = yield from self._drop_expired(batch)
-            if live:
-                yield from self._send_stored(live)
-                return
+            deleted = yield from self._take_batch(batch)
+            if self.unacked_stored or self.state != IDENTIFIED:
+                return  # the batch awaits its acks
             if self.batch_is_timestamp:
                 yield from self._advance_bookmark()
+            elif not deleted:
+                # Only topic messages that stay (their deletes failed): a new
+                # query would return them again. On to timestamp messages.
+                self.include_topic = False
 
     def _resume_drain(self) -> Effects:
         if self.draining and not self.unacked_stored:
@@ -614,46 +720,59 @@ class Session:
             bookmark, messages = yield Db(
                 "fetch_topic_messages", lambda s: s.messages(table).fetch_topic_messages(uaid)
             )
-            if self.bookmark is None:
-                self.bookmark = bookmark
+            if self.cursor is None:
+                self.cursor = self.stored_bookmark = bookmark
             if messages:
                 self.batch_is_timestamp = False
                 self.ctx.metrics.increment("notification.message.retrieved", len(messages), {"topic": True})
                 return messages
             self.include_topic = False
-        bookmark = self.bookmark
+        cursor = self.cursor
         high, messages = yield Db(
             "fetch_timestamp_messages",
-            lambda s: s.messages(table).fetch_timestamp_messages(uaid, bookmark),
+            lambda s: s.messages(table).fetch_timestamp_messages(uaid, cursor),
         )
-        if high is not None:
-            self.batch_high = high
+        self.batch_high = high
         self.batch_is_timestamp = True
         if messages:
             self.ctx.metrics.increment("notification.message.retrieved", len(messages), {"topic": False})
         return messages or None
 
-    def _drop_expired(self, batch: list[Notification]) -> Generator[Any, Any, list[Notification]]:
-        now = self.ctx.clock()
-        live = []
-        for notification in batch:
-            if not notification.expired(now):
-                live.append(notification)
-            elif notification.deleted_on_ack:
-                yield from self._delete_stored(notification)
-        return live
+    def _take_batch(self, batch: list[Notification]) -> Generator[Any, Any, bool]:
+        """Send what the client has not had; ``True`` if any message was deleted.
 
-    def _send_stored(self, batch: list[Notification]) -> Effects:
+        Not sent again: an expired message (a topic or legacy one is
+        deleted), a version already sent directly and awaiting its ack (its
+        ack will also delete this copy), and a version acked moments ago
+        whose delete had not landed (deleted again).
+        """
+        now = self.ctx.clock()
+        deleted = False
         for notification in batch:
-            if self.sent_from_storage + 1 > self.ctx.msg_limit:
-                yield from self._reset_user("too_many_messages")
-                return
-            self.sent_from_storage += 1
-            self.stats.stored_retrieved += 1
-            self.unacked_stored[notification.version] = notification
-            age_ms = max(0.0, self.ctx.clock() - notification.timestamp) * 1000
-            self.ctx.metrics.timing("notification.storage.time", age_ms)
-            yield from self._send_notification(notification, "Stored")
+            version = notification.version
+            if notification.expired(now):
+                if notification.deleted_on_ack:
+                    deleted |= yield from self._delete_stored(notification, retry=False)
+            elif version in self.unacked_direct:
+                self.unacked_stored[version] = notification
+            elif self.recent_acks is not None and version in self.recent_acks:
+                deleted |= yield from self._delete_stored(notification)
+            elif not (yield from self._send_stored(notification)):
+                break
+        return deleted
+
+    def _send_stored(self, notification: Notification) -> Generator[Any, Any, bool]:
+        """Send one stored message; ``False`` when the drain limit reset the UAID instead."""
+        if self.sent_from_storage + 1 > self.ctx.msg_limit:
+            yield from self._reset_user("too_many_messages")
+            return False
+        self.sent_from_storage += 1
+        self.stats.stored_retrieved += 1
+        self.unacked_stored[notification.version] = notification
+        age_ms = max(0.0, self.ctx.clock() - notification.timestamp) * 1000
+        self.ctx.metrics.timing("notification.storage.time", age_ms)
+        yield from self._send_notification(notification, "Stored")
+        return True
 
     def _after_acks(self) -> Effects:
         """When the outstanding stored batch is fully acked, go on draining."""
@@ -664,13 +783,48 @@ class Session:
         yield from self._drain()
 
     def _advance_bookmark(self) -> Effects:
-        if self.batch_high is None or self.batch_high == self.bookmark:
+        """Read on past a finished timestamp batch; store the bookmark a margin behind.
+
+        The bookmark promises that no message at or below it still needs
+        reading. Messages are stamped (their sort key) before they are
+        written, and a write can land late: DynamoDB throttling and timeouts
+        with their retries (3 attempts of at most 2 s connect + 10 s read,
+        ~36 s, ``db/client.py``), the endpoint's ``PUT /push`` to a node in
+        between (a few seconds), another host's clock running ahead. So the
+        stored bookmark never passes ``AUTOPUSH_BOOKMARK_MARGIN`` (60 s) before
+        this drain started, by this host's clock: it assumes every stamp is
+        written within the margin, and that host clocks agree to within what
+        the margin leaves over (NTP keeps them within milliseconds). The
+        next drain re-reads those last seconds; acked messages are deleted
+        (and remembered, see ``RecentVersions``), so it finds only what is
+        still owed. Writes that land later by design (a node storing a
+        client's unacked direct notifications when it leaves, the retry
+        queue) lower the bookmark after writing (``save_late_messages``).
+
+        The write is conditional on the value this drain read: a bookmark
+        lowered meanwhile is never raised over again; the drain is simply
+        repeated from the lowered one (``check_again``).
+        """
+        if self.batch_high is not None and (self.cursor is None or self.batch_high > self.cursor):
+            self.cursor = self.batch_high
+        if self.cursor is None:
             return
-        self.bookmark = high = self.batch_high
+        target = min(self.cursor, self.ctx.stamp_at(self.drain_started - self.ctx.bookmark_margin))
+        expected = self.stored_bookmark
+        if expected is not None and target <= expected:
+            return
         uaid, table = self.uaid, self.message_table
-        yield from self._best_effort(
-            "update_bookmark", lambda s: s.messages(table).update_bookmark(uaid, high)
-        )
+        call = lambda s: s.messages(table).advance_bookmark(uaid, expected, target)  # noqa: E731
+        try:
+            moved = yield Db("update_bookmark", call)
+        except StorageError as error:
+            self._log_failure("update_bookmark", error)
+            yield Retry("update_bookmark", call, self.ctx.clock() + BOOKMARK_RETRY_SECONDS, uaid)
+            return
+        if moved:
+            self.stored_bookmark = target
+        else:
+            self.check_again = True
 
     def _drain_finished(self) -> Effects:
         self.draining = False
@@ -722,7 +876,7 @@ class Session:
         stores in the old table, which this session no longer reads: copy
         such messages (same keys and versions) into the new table and drain.
         """
-        uaid, bookmark = self.uaid, self.bookmark
+        uaid, bookmark = self.uaid, self.stored_bookmark
         try:
             _, topics = yield Db("fetch_topic_messages", lambda s: s.messages(old).fetch_topic_messages(uaid))
             _, stamped = yield Db(
@@ -730,7 +884,7 @@ class Session:
             )
             late = topics + stamped
             if late:
-                yield Db("save_messages", lambda s: s.messages(new).save_messages(uaid, late))
+                yield Db("save_messages", lambda s: s.messages(new).save_late_messages(uaid, late))
         except StorageError as error:
             log.warning("carry-over failed", extra=log_fields(error=str(error), uaid_hash=uaid))
             return
@@ -752,35 +906,90 @@ class Session:
             metrics.increment("ua.message_data", len(notification.data), tags={"source": source})
         yield Send(notification_message(notification))
 
-    def _store_direct(self, queued: Iterable[Notification]) -> Effects:
-        """Write unacked and never-sent direct notifications to storage (SPEC §2.17)."""
-        pending = list(self.unacked_direct.values()) + [n for n in queued if n.ttl]
-        self.unacked_direct = {}
+    def _store_direct(self, queued: Iterable[Notification], keep_tracking: bool = False) -> Effects:
+        """Write unacked and never-sent direct notifications to storage (SPEC §2.17).
+
+        Each keeps its version and sort key (the endpoint's stamp): the
+        browser may have seen it, and the application server may delete it
+        by its message id. One already stored (by the endpoint, or read
+        from storage) is not written again. A failed write goes to the
+        retry queue until the notifications expire. Stored ones stay
+        tracked as stored copies (``keep_tracking``, at shutdown: an ack
+        before the close deletes them) or are forgotten with the session.
+        """
+        queued = [self._with_stamp(n) for n in queued if n.ttl and not self._seen(n.version)]
+        pending = [
+            n for n in [*self.unacked_direct.values(), *queued]
+            if not n.stored and n.version not in self.unacked_stored
+        ]
         if not pending or self.uaid is None or self.pending_user is not None:
             return
-        restamped = [self._restamped(n) for n in pending]
         uaid, table = self.uaid, self.message_table
-        try:
-            yield Db("save_messages", lambda s: s.messages(table).save_messages(uaid, restamped))
-            user = yield Db("get_user", lambda s: s.router.get_user(uaid))
-        except StorageError as error:
-            log.error("direct notifications lost", extra=log_fields(error=str(error), count=len(pending)))
+        stored = yield from self._best_effort(
+            "store_direct", lambda s: s.messages(table).save_late_messages(uaid, pending),
+            retry_until=max(n.timestamp + n.ttl for n in pending),
+            message_ids=tuple(n.version for n in pending), notify=True,
+        )
+        self._mark_stored(pending)
+        if not stored:
             return
-        self.stats.direct_storage += len(restamped)
+        self.stats.direct_storage += len(pending)
+        try:
+            user = yield Db("get_user", lambda s: s.router.get_user(uaid))
+        except StorageError:
+            return  # they are stored: the client's next drain finds them
         if user and user.node_id and user.connected_at != self.connected_at:
             yield NodeRequest("PUT", f"{user.node_id}/notif/{uaid}")
 
-    def _restamped(self, notification: Notification) -> Notification:
-        if notification.topic:
-            return notification
-        return dataclasses.replace(notification, sortkey_timestamp=self.ctx.sortkeys.next())
+    def _mark_stored(self, notifications: Iterable[Notification]) -> None:
+        """Stored, or handed to the retry queue: no longer this session's to store."""
+        for notification in notifications:
+            if notification.version in self.unacked_direct:
+                self.unacked_direct[notification.version] = dataclasses.replace(notification, stored=True)
 
-    def _best_effort(self, name: str, call: Callable[[Storage], Any]) -> Effects:
-        """Storage writes whose failure is logged, not fatal (SPEC §7.8)."""
+    def _with_stamp(self, notification: Notification) -> Notification:
+        """A timestamp notification with its sort-key timestamp, fixed once.
+
+        The endpoint sends its stamp with ``PUT /push``; an endpoint of an
+        older release does not, but its message id (the version) holds it,
+        and this node has the keys to read it. A version that is no such id
+        gets one stamp now, kept while the session holds it.
+        """
+        if notification.topic or notification.legacy or notification.sortkey_timestamp is not None:
+            return notification
+        try:
+            message_id = MessageId.decode(self.ctx.crypto_keys, notification.version)
+        except InvalidMessageIdError:
+            message_id = None
+        if (
+            message_id is not None and message_id.kind == "timestamp"
+            and str(message_id.channel_id) == notification.channel_id and message_id.uaid.hex == self.uaid
+        ):
+            stamp = message_id.sortkey_timestamp
+        else:
+            stamp = self.ctx.sortkeys.next()
+        return dataclasses.replace(notification, sortkey_timestamp=stamp)
+
+    def _best_effort(
+        self, name: str, call: Callable[[Storage], Any], retry_until: float | None = None,
+        message_ids: tuple[str, ...] = (), notify: bool = False,
+    ) -> Generator[Any, Any, bool]:
+        """Storage writes whose failure is logged, not fatal (SPEC §7.8); ``True`` if it landed.
+
+        With ``retry_until`` (wall-clock seconds) a failed write goes to the
+        worker's retry queue rather than being forgotten (see ``Retry``).
+        """
         try:
             yield Db(name, call)
         except StorageError as error:
-            log.warning(f"{name} failed", extra=log_fields(error=str(error), uaid_hash=self.uaid))
+            self._log_failure(name, error)
+            if retry_until is not None and self.uaid:
+                yield Retry(name, call, retry_until, self.uaid, message_ids, notify)
+            return False
+        return True
+
+    def _log_failure(self, name: str, error: StorageError) -> None:
+        log.warning(f"{name} failed", extra=log_fields(error=str(error), uaid_hash=self.uaid))
 
     def _close(self, code: int, reason: str) -> Effects:
         if self.state == CLOSED:

@@ -27,14 +27,17 @@ from autopush_flask.connection.effects import (
     Identify,
     NodeRequest,
     PingFrame,
+    Retry,
     Schedule,
     Send,
     Sleep,
     drive,
 )
+from autopush_flask.connection.retries import RetryJob
 from autopush_flask.connection.session import Session
 from autopush_flask.connection.websocket import MESSAGE_REFUSED, PushWebSocket, SendTimeout
 from autopush_flask.db import Notification
+from autopush_flask.logging import log_fields
 
 if TYPE_CHECKING:
     from autopush_flask.connection.node import ConnectionNode
@@ -135,6 +138,10 @@ class ClientConnection:
             except (WebSocketError, OSError) as error:
                 log.debug("socket error", exc_info=error)
                 self._abort()
+            except Exception:  # noqa: BLE001 - a bug: said once, and only this client pays for it
+                log.exception("client handler failed", extra=log_fields(uaid_hash=self.session.uaid or ""))
+                self.session.note_disconnect_reason("error")
+                self._abort()
             return True
         finally:
             self.lock.release()
@@ -185,6 +192,20 @@ class ClientConnection:
             if not self.lock.locked():  # a busy client is evidently alive
                 greenlets.spawn(self.run, self.session.on_auto_ping)
 
+    def shut_down(self, wait: float) -> None:
+        """The worker's last word to this client: close with 1012 (``Session.on_shutdown``).
+
+        A client whose lock stays busy for ``wait`` seconds (a handler stuck
+        on storage, a write to a client that stopped reading) has what it
+        could not store given up, and its TCP connection dropped.
+        """
+        if self.run(self.session.on_shutdown, wait=wait):
+            return
+        if not self.finished:
+            self.session.give_up_unstored("shutdown")
+            self.session.note_disconnect_reason("shutdown")
+            self._abort()
+
     def _when_due(self, late: float, handler: Any, reason: str) -> None:
         if late < 0:
             return
@@ -199,6 +220,11 @@ class ClientConnection:
     def perform(self, effect: Any) -> Any:
         if isinstance(effect, Db):
             return self.node.call_storage(effect.call)
+        if isinstance(effect, Retry):
+            self.node.retries.add(RetryJob(
+                effect.operation, effect.call, effect.give_up_at, effect.uaid, effect.message_ids, effect.notify,
+            ))
+            return None
         if isinstance(effect, Send):
             payload = effect.payload
             self.ws.send(payload if isinstance(payload, str) else self.node.encode(payload))

@@ -307,6 +307,10 @@ class PushWebSocketHandler(WebSocketHandler):
         if node is not None and node.at_capacity():
             self.start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"Too many connections"]
+        if node is not None and not node.services.storage_ready():
+            # Booted during a store outage: no hello could be answered yet (db/startup.py).
+            self.start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"Storage unavailable"]
         result = super().upgrade_connection()
         plain = getattr(self, "websocket", None)
         if plain is not None:

@@ -20,6 +20,13 @@ from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIServer
 
 from autopush_flask.connection.websocket import PushWebSocketHandler
 
+# The node's stop deadline ends this long before gunicorn's graceful timeout,
+# when the master kills the worker: time for the last closes and the exit.
+# Whatever runs the master must give it longer than the graceful timeout
+# (``docker stop --time``, Kubernetes' ``terminationGracePeriodSeconds``,
+# systemd's ``TimeoutStopSec``: 30 s or more for the 25 s of
+# ``gunicorn.conf.py``; Docker's default is 10 s), or the node is killed
+# while storing its clients' unacknowledged notifications.
 SHUTDOWN_MARGIN_SECONDS = 2.0
 STOP_POLL_SECONDS = 0.1
 # A TLS handshake takes one or two round trips; a client that has not

@@ -127,6 +127,67 @@ class MessageStore:
             },
         )
 
+    def advance_bookmark(self, uaid: str, expected: int | None, bookmark: int) -> bool:
+        """Move the bookmark from ``expected`` (``None``: not set) to ``bookmark``.
+
+        ``False`` when it no longer holds ``expected``: another session moved
+        it, or a late writer lowered it (``lower_bookmark``); the caller reads
+        it again rather than overwrite a lowering, which would hide the
+        messages the lowering was for.
+        """
+        if expected is None:
+            condition, values = "attribute_not_exists(#bookmark)", {}
+        else:
+            condition, values = "#bookmark = :expected", {":expected": to_attribute(expected)}
+        try:
+            self._db.call(
+                "update_item",
+                TableName=self.table,
+                Key=self._channel_list_key(uaid),
+                UpdateExpression="SET #bookmark = :bookmark, expiry = :expiry",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#bookmark": "current_timestamp"},
+                ExpressionAttributeValues={
+                    ":bookmark": to_attribute(bookmark),
+                    ":expiry": self._expiry(SIXTY_DAYS),
+                    **values,
+                },
+            )
+        except ConditionFailed:
+            return False
+        return True
+
+    def lower_bookmark(self, uaid: str, below: int) -> None:
+        """Make sure the bookmark is below ``below``, for messages written under an older stamp.
+
+        A bookmark above it is set to ``below - 1``. An absent one means "read
+        from the start" and must stay that way for messages stored before,
+        but a session that read it absent may be about to set it
+        (``advance_bookmark`` with ``expected=None``): it is set to 0, which
+        also reads from the start, so that session's write fails and it reads
+        the bookmark again (no channel-list item: no subscriptions, nothing to
+        do). Two conditional writes at most; a condition that fails means
+        there is nothing to do.
+        """
+        lowered = below - 1
+        for condition, value in (
+            ("#bookmark > :bookmark", lowered),
+            ("attribute_exists(uaid) AND attribute_not_exists(#bookmark)", 0),
+        ):
+            try:
+                self._db.call(
+                    "update_item",
+                    TableName=self.table,
+                    Key=self._channel_list_key(uaid),
+                    UpdateExpression="SET #bookmark = :bookmark",
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#bookmark": "current_timestamp"},
+                    ExpressionAttributeValues={":bookmark": to_attribute(value)},
+                )
+                return
+            except ConditionFailed:
+                continue
+
     # ---- notifications
 
     def save_message(self, uaid: str, notification: Notification) -> None:
@@ -146,6 +207,21 @@ class MessageStore:
         items = [{"PutRequest": {"Item": to_item(n.to_item(uaid))}} for n in newest.values()]
         for start in range(0, len(items), BATCH_WRITE_LIMIT):
             self._write_batch(items[start : start + BATCH_WRITE_LIMIT])
+
+    def save_late_messages(self, uaid: str, notifications: Sequence[Notification]) -> None:
+        """Save messages whose stamps may be older than the bookmark, then lower it below them.
+
+        A connection node stores a direct notification it could not deliver
+        under the stamp the endpoint gave it, possibly long ago (it waited
+        unacknowledged on a socket, or in the retry queue): a drain may have
+        moved the bookmark past that stamp meanwhile. Saving first, then
+        lowering, leaves no moment where the message is stored below a
+        bookmark that nobody will lower.
+        """
+        self.save_messages(uaid, notifications)
+        stamps = [n.sortkey_timestamp for n in notifications if n.sortkey_timestamp is not None and not n.topic]
+        if stamps:
+            self.lower_bookmark(uaid, min(stamps))
 
     def _write_batch(self, requests: list[dict]) -> None:
         pending = {self.table: requests}

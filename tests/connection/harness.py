@@ -17,6 +17,7 @@ from autopush_flask.connection.effects import (
     Identify,
     NodeRequest,
     PingFrame,
+    Retry,
     Schedule,
     Send,
     Sleep,
@@ -26,6 +27,7 @@ from autopush_flask.connection.registry import ClientRegistry
 from autopush_flask.connection.session import NodeContext, Session
 from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Notification, Storage
+from autopush_flask.db.models import SortKeyClock
 from autopush_flask.metrics import RecordingMetrics
 
 NODE_ID = "http://node-a:8081"
@@ -58,8 +60,15 @@ class Node:
             node_id=node_id, env="testing", endpoint_url="http://push.test",
             msg_limit=msg_limit, auto_ping_interval=auto_ping_interval, storage=storage,
             crypto_keys=keys, metrics=self.metrics, broadcasts=self.broadcasts,
-            clock=self.clock, monotonic=self.clock,
+            clock=self.clock, monotonic=self.clock, sortkeys=SortKeyClock(self.clock),
         )
+        self.retries: list[Retry] = []  # the worker's retry queue
+
+    def run_retries(self) -> None:
+        """What the worker's retry queue does: try each queued write again (once)."""
+        pending, self.retries = self.retries, []
+        for retry in pending:
+            retry.call(self.ctx.storage)
 
     def client(self) -> Client:
         return Client(self)
@@ -77,6 +86,7 @@ class Client:
         self.sleeps: list[float] = []
         self.scheduled: list[Schedule] = []
         self.pings = 0
+        self.db_calls: list[str] = []
 
     @property
     def connected_at(self) -> int:
@@ -126,7 +136,10 @@ class Client:
 
     def perform(self, effect: Any) -> Any:
         if isinstance(effect, Db):
+            self.db_calls.append(effect.name)
             return effect.call(self.node.ctx.storage)
+        if isinstance(effect, Retry):
+            self.node.retries.append(effect)
         if isinstance(effect, Send):
             payload = effect.payload
             self.sent.append(json.loads(json.dumps(payload)) if isinstance(payload, dict) else payload)

@@ -509,15 +509,20 @@ def test_51_malformed_acks_are_ignored(node: Node, updates) -> None:
     assert client.closed is None
 
 
-def test_52_bookmark_after_a_timestamp_batch(node: Node) -> None:
+def test_52_bookmark_after_a_timestamp_batch_stays_a_margin_behind(node: Node) -> None:
     uaid, [channel_id] = registered_user(node)
-    messages = [make_notification(node, uaid, channel_id) for _ in range(3)]
-    store(node, uaid, *messages)
+    older = [make_notification(node, uaid, channel_id, ttl=3600) for _ in range(3)]
+    node.clock.advance(120)
+    newer = make_notification(node, uaid, channel_id, ttl=3600)
+    store(node, uaid, *older, newer)
     client = node.client()
-    client.hello(uaid)
+    client.hello(uaid)  # the drain starts now
     client.ack(*client.notifications())
     bookmark, _ = node.ctx.storage.messages().fetch_topic_messages(uaid)
-    assert bookmark == max(m.sortkey_timestamp for m in messages)
+    assert bookmark == node.ctx.stamp_at(node.clock() - node.ctx.bookmark_margin)
+    assert max(m.sortkey_timestamp for m in older) < bookmark < newer.sortkey_timestamp
+    # Acked messages are deleted, timestamp ones too: re-reading the margin finds nothing.
+    assert node.ctx.storage.messages().fetch_timestamp_messages(uaid, None) == (None, [])
 
 
 def test_53_msg_limit_resets_the_uaid(storage, keys) -> None:
@@ -677,10 +682,38 @@ def test_shutdown_stores_direct_notifications_and_closes_1012(node: Node) -> Non
     client.register(channel_id)
     direct = make_notification(node, uaid, channel_id)
     client.deliver(direct)
-    client.run(client.session.on_shutdown([]))
-    assert client.closed.code == 1012
+    client.run(client.session.on_shutdown_store())
+    assert client.closed is None  # stored first, closed after every client is stored
     _, stored = node.ctx.storage.messages().fetch_timestamp_messages(uaid, None)
     assert [m.version for m in stored] == [direct.version]
+    client.run(client.session.on_shutdown())
+    assert client.closed.code == 1012
+    assert node.metrics.find("storage.retry.given_up") == []
+
+
+def test_ack_between_shutdown_store_and_close_deletes_the_stored_copy(node: Node) -> None:
+    client = node.client()
+    uaid = client.hello()["uaid"]
+    channel_id = chid()
+    client.register(channel_id)
+    [sent] = client.deliver(make_notification(node, uaid, channel_id))
+    client.run(client.session.on_shutdown_store())
+    client.ack(sent)
+    client.run(client.session.on_shutdown())
+    assert node.ctx.storage.messages().fetch_timestamp_messages(uaid, None) == (None, [])
+
+
+def test_shutdown_close_gives_up_what_was_not_stored(node: Node) -> None:
+    client = node.client()
+    uaid = client.hello()["uaid"]
+    channel_id = chid()
+    client.register(channel_id)
+    direct = make_notification(node, uaid, channel_id)
+    client.deliver(direct)
+    client.run(client.session.on_shutdown())  # its store never ran (the deadline passed)
+    assert client.closed.code == 1012
+    [given_up] = node.metrics.find("storage.retry.given_up")
+    assert (given_up.value, given_up.tags) == (1, {"operation": "store_direct", "reason": "shutdown"})
 
 
 # ---- rotation mode (151–154) ------------------------------------------------

@@ -193,7 +193,7 @@ class StreamClient:
             self._thread.join(timeout=10)
         with self.lock:
             for conn in self.connections:
-                _close_quietly(conn.ws)
+                close_websocket_quietly(conn.ws)
             self.connections = []
 
     # -- commands for the test's thread
@@ -212,7 +212,7 @@ class StreamClient:
                 if abrupt:
                     _abort(conn.ws)
                 else:
-                    _close_quietly(conn.ws)
+                    close_websocket_quietly(conn.ws)
             self.connections = []
             self.pending_acks = []
 
@@ -247,11 +247,11 @@ class StreamClient:
             reply = json.loads(ws.recv())
         except (OSError, ValueError, websocket.WebSocketException) as error:
             self.hello_failures.append(f"hello: {error!r}")
-            _close_quietly(ws)
+            close_websocket_quietly(ws)
             return None
         if reply.get("status") != 200:
             self.hello_failures.append(f"hello reply: {reply}")
-            _close_quietly(ws)
+            close_websocket_quietly(ws)
             return None
         if self.uaid is None:
             self.uaid = reply["uaid"]
@@ -351,10 +351,10 @@ class StreamClient:
             active = conn is self.connections[-1]
             self.connections.remove(conn)
             (self.close_codes if active else self.stale_close_codes).append(code)
-        _close_quietly(conn.ws)
+        close_websocket_quietly(conn.ws)
 
 
-def _close_quietly(ws: websocket.WebSocket) -> None:
+def close_websocket_quietly(ws: websocket.WebSocket) -> None:
     try:
         ws.close(timeout=0.5)
     except Exception:  # noqa: BLE001 - closing a dead socket
@@ -505,19 +505,35 @@ def settle(clients: list[StreamClient], quiet: float = 2.0, timeout: float = 40)
         time.sleep(0.1)
 
 
-def stored_and_delivered(stack_storage: Any, clients: list[StreamClient]) -> int:
-    """Every message ever stored for the clients (acked or not) reached them; how many there were."""
-    stored = 0
+def stored_and_delivered(stack_storage: Any, clients: list[StreamClient], log_dir: Path) -> int:
+    """Every message still stored for the clients reached them; how many went through storage.
+
+    Acked messages are deleted, so what went through storage is counted from
+    the connection nodes' ``Session`` lines (``stored_retrieved``), which a
+    session writes when it ends: call this last, it stops the clients.
+    """
     for client in clients:
-        versions = listed_versions(stack_storage, client.uaid)
-        stored += len(versions)
-        missing = versions - client.unique()
+        missing = listed_versions(stack_storage, client.uaid) - client.unique()
         assert not missing, f"stored but never delivered: {sorted(missing)[:5]}"
-    return stored
+    for client in clients:
+        client.stop()
+    deadline = time.monotonic() + 5
+    while not (retrieved := sum(_session_counts(log_dir, "stored_retrieved"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return retrieved
+
+
+def _session_counts(log_dir: Path, field_name: str) -> list[int]:
+    counts = []
+    for path in log_dir.glob("*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"Session"' in line:
+                counts.append(int(json.loads(line)["Fields"].get(field_name, 0)))
+    return counts
 
 
 def listed_versions(stack_storage: Any, uaid: str) -> set[str]:
-    """Every timestamp message stored for ``uaid`` (acked or not: a bookmark does not delete them)."""
+    """Every timestamp message still stored for ``uaid`` (unacked, or acked but not yet deleted)."""
     versions: set[str] = set()
     bookmark = None
     for _ in range(100):
@@ -596,5 +612,5 @@ def redelivered_on_fresh_connections(clients: list[StreamClient], url: str, wait
                 again += 1
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
                 break
-        _close_quietly(ws)
+        close_websocket_quietly(ws)
     return again

@@ -204,7 +204,7 @@ def test_graceful_restart_of_the_connection_node(dynalite, tmp_path: Path, runni
     result = tally(pusher, clients)
     assert result.lost == 0, result.lost_versions[:10]
     assert result.wrong_data == [] and result.extras == 0
-    stored = stored_and_delivered(stack.storage, clients)
+    stored = stored_and_delivered(stack.storage, clients, stack.log_dir)
     assert stored > 0
     report(result.line(f"graceful-restart({how})", stored=stored, clients_closed_1012=len(clients),
                        closes_1012=sum(len(c.close_codes) for c in clients),
@@ -266,7 +266,7 @@ def test_sigkill_of_a_connection_worker(dynalite, tmp_path: Path, running: Runni
     assert 0 < unacked_at_kill and result.lost <= unacked_at_kill
     assert result.wrong_data == [] and result.extras == 0
     # Every message that was stored (by the endpoint, or re-stored by a worker) was delivered.
-    stored = stored_and_delivered(stack.storage, clients)
+    stored = stored_and_delivered(stack.storage, clients, stack.log_dir)
     assert stored > 0
     report(result.line("sigkill-worker", lost_direct=result.lost, unacked_at_kill=unacked_at_kill,
                        victims=len(victims), clients=len(clients), stored=stored,
@@ -312,7 +312,7 @@ def test_dynamodb_stopped_and_restarted_mid_stream(tmp_path: Path, running: Runn
     result = tally(pusher, clients)
     assert result.lost == 0, result.lost_versions[:10]
     assert result.wrong_data == []
-    stored = stored_and_delivered(stack.storage, clients)
+    stored = stored_and_delivered(stack.storage, clients, stack.log_dir)
     assert stored > 0
     errnos = Counter(errno for _, errno, _ in pusher.refusals)
     report(result.line("dynamodb-restart", accepted_before_outage=accepted_before,

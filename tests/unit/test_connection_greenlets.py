@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import tracemalloc
 from collections.abc import Callable, Iterator
 
@@ -45,3 +46,43 @@ def test_side_greenlets_run_and_time_like_gevent_ones() -> None:
     later = greenlets.spawn_later(0.01, lambda: "done")
     assert isinstance(later, gevent.Greenlet)
     assert later.get(timeout=5) == "done"
+
+
+# ---- errors: the caller's, or logged once as JSON; never gevent's plain-text print ----------
+
+
+@pytest.fixture
+def connection_log(caplog) -> Iterator[pytest.LogCaptureFixture]:
+    """Records of ``autopush.connection`` (which does not propagate once logging is set up)."""
+    logger = logging.getLogger("autopush")
+    attach = not logger.propagate
+    if attach:
+        logger.addHandler(caplog.handler)
+    yield caplog
+    if attach:
+        logger.removeHandler(caplog.handler)
+
+
+def test_call_raises_in_the_caller_and_the_hub_prints_nothing(capsys, connection_log) -> None:
+    from autopush_flask.db import StorageUnavailable
+
+    def failing() -> None:
+        raise StorageUnavailable("query: connection refused", "query")
+
+    with pytest.raises(StorageUnavailable):
+        greenlets.call(failing)
+    with pytest.raises(ZeroDivisionError):  # a bug too: the caller decides (and logs it)
+        greenlets.call(lambda: 1 / 0)
+    gevent.sleep(0.01)
+    assert capsys.readouterr().err == ""
+    assert connection_log.records == []
+    assert greenlets.call(lambda a, b=0: a + b, 1, b=2) == 3
+
+
+def test_an_unwaited_greenlet_s_bug_is_logged_once(capsys, connection_log) -> None:
+    greenlets.spawn(lambda: 1 / 0).join(timeout=5)
+    gevent.sleep(0.01)
+    assert capsys.readouterr().err == ""
+    [record] = connection_log.records
+    assert record.getMessage() == "background task failed"
+    assert record.exc_info[0] is ZeroDivisionError
