@@ -23,7 +23,11 @@ from autopush_flask.config import CONNECTION, ENDPOINT, Settings, SettingsError,
 from autopush_flask.db import StorageError
 
 # gunicorn's "worker failed to boot" status: the master stops instead of
-# restarting a worker that can never start.
+# restarting a worker that can never start. Kept for what an operator must
+# fix (a bad setting, bad credentials, a missing table that may not be
+# created); the master stops with its healthy workers too, so a store that is
+# only unavailable or throttled does not get here: the worker boots, refuses
+# storage work and finishes its set-up when the store is back (db/startup.py).
 BOOT_ERROR_STATUS = 3
 
 

@@ -7,8 +7,17 @@ and body leave in separate writes, response headers go through the email
 parser, pooled sockets are polled before every reuse. This client writes each
 request at once, parses responses with a few string operations and learns
 that a pooled connection went stale from the failed exchange itself, which
-it then repeats once on a new connection (the peer closed an idle connection,
-so it never saw the request).
+it then repeats once on a new connection, byte for byte (the same head,
+signature and body).
+
+Usually the peer had closed an idle connection and never saw the request.
+But a peer that read it and then died or was stopped before answering (a
+connection worker's router is given one second to finish at shutdown) looks
+the same from here, so the repeat may be the second copy a peer sees: it is
+only safe for requests that say the same thing twice. ``PUT /push`` carries
+the message's one version, which the connection node recognises as a repeat;
+``PUT /notif`` only asks for a storage check. DynamoDB, the other peer,
+closes idle connections but does not die mid-request.
 
 It speaks only what its peers speak: requests with a complete body, answers
 with ``Content-Length``, chunked or read-to-close bodies; no proxies, no

@@ -8,6 +8,8 @@ so each worker gets its own DynamoDB client) and kept in
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +19,19 @@ from flask import Flask, current_app
 from autopush_flask import __version__
 from autopush_flask.config import CONNECTION, Settings
 from autopush_flask.crypto import CryptoKeys
-from autopush_flask.db import Storage, create_storage
+from autopush_flask.db import Storage, StorageError
+from autopush_flask.db.client import connect
+from autopush_flask.db.startup import ItemGate, require_tables
 from autopush_flask.logging import log_fields, setup_logging
 from autopush_flask.metrics import create_metrics
 
 EXTENSION_KEY = "autopush"
+# Seconds between table set-up attempts of a worker that booted while the
+# store was unavailable: doubling up to the last, so the worker serves again
+# within ~5 s of the store's return and costs it a few describe calls per
+# 5 s meanwhile.
+FIRST_SETUP_RETRY_SECONDS = 0.5
+LAST_SETUP_RETRY_SECONDS = 5.0
 COMPONENTS = {CONNECTION: "autoconnect"}
 DEFAULT_COMPONENT = "autoendpoint"
 
@@ -34,6 +44,9 @@ class Services:
     metrics: Any
     log: logging.Logger
     client_count: Callable[[], int] = field(default=lambda: 0)
+    # False while a worker that booted during a store outage has not set its
+    # tables up yet (its item calls are refused meanwhile; see db/startup.py).
+    storage_ready: Callable[[], bool] = field(default=lambda: True)
 
     @property
     def component(self) -> str:
@@ -59,11 +72,60 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
         metrics = create_metrics(
             settings.statsd_host, settings.statsd_port, settings.statsd_prefix, settings.statsd_tags
         )
-    storage = create_storage(settings, metrics)
-    created = storage.setup()
-    for table in created:
+    storage, storage_ready = _open_storage(settings, metrics, log)
+    return Services(
+        settings, storage, CryptoKeys(settings.crypto_keys), metrics, log, storage_ready=storage_ready
+    )
+
+
+def _open_storage(settings: Settings, metrics: Any, log: logging.Logger) -> tuple[Storage, Callable[[], bool]]:
+    """The worker's storage, and whether its tables are set up yet.
+
+    Set up now, or, while the store is unavailable or throttled, in the
+    background (see ``db/startup.py``). Raises ``StorageError`` for what
+    waiting cannot fix (bad credentials, missing tables that may not be
+    created): the worker must not boot.
+    """
+    gate = ItemGate(connect(settings.ddb_endpoint, metrics))
+    storage = Storage(gate, settings, metrics)
+    try:
+        _set_up_tables(storage, settings.create_tables, log)
+        gate.open()
+    except StorageError as error:
+        if not error.retryable:
+            raise
+        log.warning("storage failure", extra=log_fields(
+            error=f"tables not set up at start-up, retrying in the background: {error}"))
+        retry = threading.Thread(target=_set_up_later, args=(storage, gate, settings.create_tables, log))
+        retry.daemon = True
+        retry.start()
+    return storage, lambda: gate.is_open
+
+
+def _set_up_tables(storage: Storage, create_tables: bool, log: logging.Logger) -> None:
+    """Create missing tables when configured, else insist that they exist."""
+    for table in storage.setup():
         log.info("Created table", extra=log_fields(table=table))
-    return Services(settings, storage, CryptoKeys(settings.crypto_keys), metrics, log)
+    if not create_tables:
+        require_tables(storage)
+
+
+def _set_up_later(storage: Storage, gate: ItemGate, create_tables: bool, log: logging.Logger) -> None:
+    """Retry the set-up until it works, then let item calls through.
+
+    Runs as a greenlet in a gevent worker (``threading`` is patched there).
+    """
+    delay = FIRST_SETUP_RETRY_SECONDS
+    while True:
+        time.sleep(delay)
+        try:
+            _set_up_tables(storage, create_tables, log)
+        except StorageError as error:
+            log.warning("storage failure", extra=log_fields(error=f"table set-up: {error}"))
+            delay = min(delay * 2, LAST_SETUP_RETRY_SECONDS)
+            continue
+        gate.open()
+        return
 
 
 def _start_sentry(settings: Settings) -> None:

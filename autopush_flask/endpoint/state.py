@@ -67,7 +67,9 @@ def build_state(node_services: Services) -> EndpointState:
     http = node_pool(settings.node_connect_timeout, settings.node_request_timeout, settings.router_ca)
     stamper = MessageStamper(node_services.crypto_keys, SortKeyClock())
     router_keys = RouterRequestKeys.from_crypto_keys(node_services.crypto_keys)
-    webpush = WebPushRouter(node_services.storage, node_services.metrics, http, stamper, router_keys)
+    webpush = WebPushRouter(
+        node_services.storage, node_services.metrics, http, router_keys, durable=settings.durable_direct
+    )
     bridges = configured_bridges(node_services)
     routers: dict[str, Router] = {"webpush": webpush}
     routers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})

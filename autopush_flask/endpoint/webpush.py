@@ -155,6 +155,7 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
         data=encode_base64url(body) if body else None,
         headers=headers.crypto_headers if body else None,
     )
+    # The one stamp the message keeps, delivered or stored (see ``MessageStamper``).
     endpoint_state().stamper.stamp(subscription.uaid.hex, notification)
     return notification
 

@@ -2,7 +2,15 @@
 
 A direct notification costs one batched read (router record and channel
 list) and one internal HTTP PUT; the message table is written only when the
-browser is away.
+browser is away, or for every message with a TTL when
+``AUTOPUSH_DURABLE_DIRECT`` is on (then the node's ack deletes it).
+
+A message keeps the one version it was stamped with when the endpoint
+accepted it, whichever way it goes. A ``PUT /push`` that timed out or lost
+its answer may still have reached the browser, and the 201's ``Location``
+names the message: storing it, or sending it again, under that same version
+lets the node and the browser recognise a repeat instead of seeing a second
+message.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from autopush_flask.node_auth import RouterRequestKeys
 NODE_POOL_SIZE = 100
 STORE_ERRNO = 201  # a failed store is always "back off" (SPEC §7.8)
 JSON_HEADERS = [("Content-Type", "application/json")]
+NODE_TOOK_IT = 200
 
 log = logging.getLogger("autopush.router")
 
@@ -31,10 +40,20 @@ log = logging.getLogger("autopush.router")
 class MessageStamper:
     """Gives a notification its message id and, unless it has a topic, its sort-key time.
 
-    A stored message must be stamped right before it is written: a stamp
-    taken earlier (before trying the connection node) can fall below the
-    bookmark of a later message that was stored, delivered and acknowledged
-    in between, and the drain would never read it (SPEC §2.15).
+    Stamped once, when the endpoint accepts the message and before it is
+    offered to a connection node; a message the node does not take is stored
+    under that same stamp. Stamping again at store time would hand a message
+    the node may already have delivered (its answer came too late) a second
+    version, and the browser would get it twice.
+
+    The stamp can therefore be older than a later message that was stored,
+    delivered and acknowledged while this one waited: for the node (at most
+    ``AUTOPUSH_NODE_REQUEST_TIMEOUT``, 3 s by default) and for its own write
+    (three attempts of at most 10 s each by the storage client).
+    That is safe because a drain never stores a bookmark later than its own
+    start minus ``AUTOPUSH_BOOKMARK_MARGIN`` (60 s by default, a connection
+    node setting that must stay above this wait): a message written that
+    late still sorts after the bookmark and is read.
     """
 
     def __init__(self, crypto_keys: CryptoKeys, clock: SortKeyClock) -> None:
@@ -72,47 +91,64 @@ class WebPushRouter:
         storage: Storage,
         metrics: Any,
         http: PoolManager,
-        stamper: MessageStamper,
         router_keys: RouterRequestKeys,
+        durable: bool = False,
     ) -> None:
         self._storage = storage
         self._metrics = metrics
         self._http = http
-        self._stamper = stamper
         self._router_keys = router_keys
+        self._durable = durable
 
     def route(self, user: User, notification: Notification) -> str:
         """Deliver, discard (TTL 0) or store; returns "Direct", "Expired" or "Stored".
 
-        A stored message is stamped again, so ``notification.version`` is the
-        id of what was stored.
+        ``notification`` comes stamped and keeps its version. In durable mode
+        a message with a TTL is stored first and offered to the node as
+        already stored; "Direct" then means the node took it.
         """
-        if user.node_id and self._deliver_direct(user, notification):
+        durable = self._durable and notification.ttl > 0
+        if durable:
+            self._store(user, notification)
+        status = self._offer_to_node(user, notification) if user.node_id else None
+        if status == NODE_TOOK_IT:
             return "Direct"
         if notification.ttl == 0:
+            self._forget_if_unreachable(user, status)
             self._metrics.increment("notification.message.expired")
             return "Expired"
-        self._store(user, notification)
+        if not durable:
+            self._store(user, notification)
+        self._forget_if_unreachable(user, status)
         self._notify_node_after_store(user.uaid)
         return "Stored"
 
-    def _deliver_direct(self, user: User, notification: Notification) -> bool:
+    def _offer_to_node(self, user: User, notification: Notification) -> int | None:
+        """``PUT /push``: the node's status, or ``None`` when it could not be reached.
+
+        The node is forgotten only after the store (``_forget_if_unreachable``),
+        so nothing but this request lies between the stamp and the write.
+        """
         try:
             status = self._put(user.node_id, f"/push/{user.uaid}", _node_payload(notification))
         except NodeUnreachable:
-            self._forget_node(user.uaid, user.node_id, user.connected_at)
-            return False
+            return None
         self._metrics.increment("notification.direct.delivery_status", tags={"status": status})
-        return status == 200
+        return status
+
+    def _forget_if_unreachable(self, user: User, status: int | None) -> None:
+        if user.node_id and status is None:
+            self._forget_node(user.uaid, user.node_id, user.connected_at)
 
     def _store(self, user: User, notification: Notification) -> None:
-        self._stamper.stamp(user.uaid, notification)
+        """Write the message under the version it was stamped with."""
         table = self._storage.message_table_for(user)
         try:
             self._storage.messages(table).save_message(user.uaid, notification)
         except StorageError as error:
             log.warning("store failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
             raise storage_error(error, STORE_ERRNO) from error
+        notification.stored = True
         self._metrics.increment("notification.message.stored", tags={"topic": bool(notification.topic)})
 
     def _notify_node_after_store(self, uaid: str) -> None:
@@ -154,7 +190,12 @@ class WebPushRouter:
 
 
 def _node_payload(notification: Notification) -> dict:
-    """The body of ``PUT /push`` (SPEC §3.1): data and headers only with a body."""
+    """The body of ``PUT /push`` (SPEC §3.1): data and headers only with a body.
+
+    ``sortkey_timestamp`` lets a node that stores the message (its browser
+    left before acking) keep this version; ``stored`` tells it the message is
+    already in the table, to delete on ack rather than store again.
+    """
     payload = {
         "channelID": notification.channel_id,
         "version": notification.version,
@@ -162,6 +203,10 @@ def _node_payload(notification: Notification) -> dict:
         "topic": notification.topic,
         "timestamp": notification.timestamp,
     }
+    if notification.sortkey_timestamp is not None:
+        payload["sortkey_timestamp"] = notification.sortkey_timestamp
+    if notification.stored:
+        payload["stored"] = True
     if notification.data:
         payload["data"] = notification.data
         payload["headers"] = notification.headers

@@ -8,6 +8,12 @@ VAPID-bound (v2) subscription each. Then, in one run:
 - direct: N VAPID-signed pushes to the connected clients; notifications/s,
   POST->receive latency p50/p99, DynamoDB calls per notification (counted at
   the proxy, by X-Amz-Target) and CPU per notification of each worker;
+- durable: the same N pushes through a second endpoint node (same tables)
+  with ``AUTOPUSH_DURABLE_DIRECT=true``: each message is stored before the
+  connection node gets it and deleted when the client acks; the same figures,
+  and the difference to direct. Each mode's pushes run in two halves, in the
+  order direct, durable, durable, direct, so a drift in the machine's load
+  does not favour either;
 - floor: the same N requests to a bare Flask view (scripts/bench/flask_floor.py)
   under the same gevent worker; its CPU per request and the endpoint's ratio
   to it (target <= 5);
@@ -18,8 +24,9 @@ VAPID-bound (v2) subscription each. Then, in one run:
     .venv/bin/python scripts/bench/push_throughput.py [--clients 50] [--pushes 2000]
         [--stored 500] [--concurrency 8]
 
-Clients and the load generator run in separate processes. The direct and
-floor phases start with an unmeasured warm-up of one push per client. The
+Clients and the load generator run in separate processes. The direct,
+durable and floor phases start with an unmeasured warm-up of one push per
+client. The
 generator signs one VAPID JWT per subscription up front (valid for an hour)
 and reuses it. The counting proxy runs in this process; its CPU and
 dynalite's are printed for context.
@@ -385,6 +392,23 @@ def per(calls: collections.Counter, count: int) -> str:
             + (f" [{detail}]" if detail else ""))
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One mode's figures from its rounds: rates over the summed windows, percentiles
+    over every latency, CPU and storage calls summed."""
+    latencies = [latency for part in rounds for latency in part["latencies"]]
+    cpu: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    for part in rounds:
+        cpu.update(part["cpu"])
+        calls.update(part["calls"])
+    return {
+        "rate": len(latencies) / sum(part["delivered_seconds"] for part in rounds),
+        "accepted_rate": len(latencies) / sum(part["accepted_seconds"] for part in rounds),
+        "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
+        "cpu": dict(cpu), "calls": calls,
+    }
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -432,29 +456,48 @@ def run(args: argparse.Namespace, workdir: Path, started: list) -> dict:
     def timeout_for(count: int) -> float:
         return 60 + count / 20
 
-    both = Meter({"endpoint": endpoint_pid, "connection": connection_pid,
-                  "dynalite": database.process.pid, "proxy": os.getpid()}, proxy)
-    results: dict = {}
+    def meter(endpoint_worker: int) -> Meter:
+        return Meter({"endpoint": endpoint_worker, "connection": connection_pid,
+                      "dynalite": database.process.pid, "proxy": os.getpid()}, proxy)
 
-    # Direct: warm up, then N pushes to connected clients.
-    generate(job(args.clients, endpoint.port), workdir, timeout_for(args.clients))
-    clients.wait_for(args.clients, timeout_for(args.clients))
-    time.sleep(SETTLE_SECONDS)
-    both.start()
-    sent = generate(job(args.pushes, endpoint.port), workdir, timeout_for(args.pushes))
-    received = clients.wait_for(args.pushes, timeout_for(args.pushes))
-    time.sleep(SETTLE_SECONDS)  # let the last acks reach the connection worker
-    measured = both.stop()
-    missing = [version for _, _, version in sent["sends"] if version not in received]
-    if missing:
-        raise BenchError(f"{len(missing)} pushed message ids never reached a client, e.g. {missing[0]}")
-    latencies = [received[version] - when for when, _, version in sent["sends"]]
-    results["direct"] = {
-        "rate": args.pushes / (max(received.values()) - sent["started"]),
-        "accepted_rate": args.pushes / (sent["finished"] - sent["started"]),
-        "p50": percentile(latencies, 0.50), "p99": percentile(latencies, 0.99),
-        **measured,
-    }
+    def warm_up(port: int) -> None:
+        generate(job(args.clients, port), workdir, timeout_for(args.clients))
+        clients.wait_for(args.clients, timeout_for(args.clients))
+        time.sleep(SETTLE_SECONDS)
+
+    def push_round(port: int, measured: Meter, count: int) -> dict:
+        """``count`` pushes to the connected clients through the endpoint on ``port``."""
+        measured.start()
+        sent = generate(job(count, port), workdir, timeout_for(count))
+        received = clients.wait_for(count, timeout_for(count))
+        time.sleep(SETTLE_SECONDS)  # let the last acks reach the connection worker (and their deletes)
+        figures = measured.stop()
+        missing = [version for _, _, version in sent["sends"] if version not in received]
+        if missing:
+            raise BenchError(f"{len(missing)} pushed message ids never reached a client, e.g. {missing[0]}")
+        return {
+            "latencies": [received[version] - when for when, _, version in sent["sends"]],
+            "delivered_seconds": max(received.values()) - sent["started"],
+            "accepted_seconds": sent["finished"] - sent["started"],
+            **figures,
+        }
+
+    durable = stack.another_endpoint("endpoint-durable", AUTOPUSH_DURABLE_DIRECT="true")
+    modes = {"direct": (endpoint.port, meter(endpoint_pid)),
+             "durable": (durable.port, meter(worker_pid(durable.process.pid)))}
+    for port, _ in modes.values():
+        warm_up(port)
+    # Each mode's N pushes in two halves, in the order direct, durable, durable,
+    # direct: a drift in the machine's load weighs on both modes alike.
+    half = args.pushes // 2
+    rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for mode, count in (("direct", half), ("durable", half), ("durable", args.pushes - half),
+                        ("direct", args.pushes - half)):
+        port, measured = modes[mode]
+        rounds[mode].append(push_round(port, measured, count))
+    results: dict = {mode: combine_rounds(parts) for mode, parts in rounds.items()}
+    durable.stop()
+    both = modes["direct"][1]
 
     # Floor: the same requests to a bare Flask view under the same gevent worker.
     floor_port = free_port()
@@ -513,6 +556,16 @@ def report(args: argparse.Namespace, results: dict, elapsed: float) -> None:
           f"connection {ms(direct['cpu']['connection'] / n)}")
     print(f"  (same window: dynalite {ms(direct['cpu']['dynalite'] / n)}, "
           f"counting proxy {ms(direct['cpu']['proxy'] / n)} cpu per notification)")
+    durable = results["durable"]
+    print(f"durable: {durable['rate']:.0f} notifications/s (accepted {durable['accepted_rate']:.0f}/s), "
+          f"latency p50 {ms(durable['p50'])} p99 {ms(durable['p99'])}")
+    print(f"storage calls per durable notification: {per(durable['calls'], n)}")
+    print(f"cpu per durable notification: endpoint {ms(durable['cpu']['endpoint'] / n)}, "
+          f"connection {ms(durable['cpu']['connection'] / n)} (vs direct: endpoint "
+          f"{(durable['cpu']['endpoint'] / direct['cpu']['endpoint'] - 1) * 100:+.0f}%, connection "
+          f"{(durable['cpu']['connection'] / direct['cpu']['connection'] - 1) * 100:+.0f}%)")
+    print(f"  (same window: dynalite {ms(durable['cpu']['dynalite'] / n)}, "
+          f"counting proxy {ms(durable['cpu']['proxy'] / n)} cpu per notification)")
     print(f"floor: {ms(floor_cpu)} cpu per request ({floor['rate']:.0f} requests/s); "
           f"ratio {endpoint_cpu / floor_cpu:.2f} (target <= 5)")
     print(f"stored: {stored['rate']:.0f} pushes/s accepted; storage calls per push: {per(stored['calls'], m)}")

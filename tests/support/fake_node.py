@@ -17,6 +17,7 @@ ABORT = -1  # close the connection without answering
 class FakeNode:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []  # of each request, in order
         # path prefix ("/push", "/notif") → status to answer, or ABORT
         self.answers: dict[str, int] = {"/push": 200, "/notif": 200}
         # called with the path before answering (e.g. to change the database)
@@ -46,7 +47,7 @@ class FakeNode:
                 pass
 
             def do_PUT(self) -> None:  # noqa: N802 - http.server naming
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                node.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 node.requests.append(("PUT", self.path))
                 if node.before_answer:
                     node.before_answer(self.path)
