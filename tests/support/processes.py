@@ -129,9 +129,14 @@ class GunicornNode:
                  "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "10", self.app],
                 cwd=ROOT, env=self.environ, stdout=log, stderr=subprocess.STDOUT,
             )
-        for port in (self.port, *wait_ports):
-            wait_for_port(port, timeout=30)
-        self.wait_ready()
+        try:
+            for port in (self.port, *wait_ports):
+                wait_for_port(port, timeout=30)
+            self.wait_ready()
+        except Exception:
+            # A fixture that fails here never reaches its teardown: don't leave the node running.
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """The master listens before its workers have booted: wait for an answer."""
