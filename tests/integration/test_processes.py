@@ -109,17 +109,3 @@ def test_wsgi_builds_only_the_app_asked_for(app: str, dynalite: LocalDynamoDB, t
     )
     expected = "connection" if "connection" in app else "endpoint"
     assert result.stdout.strip().splitlines()[-1] == f"['autopush_flask.{expected}.app']"
-
-
-def test_gunicorn_stops_with_one_line_when_the_database_is_unreachable(table_prefix: str) -> None:
-    unreachable = LocalDynamoDB()  # never started: nothing listens on its port
-    process = subprocess.run(
-        [GUNICORN, "--bind", f"127.0.0.1:{free_port()}", "wsgi:endpoint_app"],
-        cwd=ROOT,
-        env=gunicorn_env(unreachable, table_prefix),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert process.returncode != 0
-    assert "storage not usable at start-up: describe_table: Could not connect" in process.stderr
