@@ -11,6 +11,7 @@ from autopush_flask.config import Settings, load_settings
 from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Storage, create_storage
 from autopush_flask.metrics import RecordingMetrics
+from tests.support.fake_node import FakeNode
 from tests.support.processes import LocalDynamoDB
 
 # Nodes refuse to start without crypto keys: one key for the run, as all the
@@ -62,3 +63,11 @@ def storage(make_settings: Callable[..., Settings], metrics: RecordingMetrics) -
     store = create_storage(make_settings(), metrics)
     store.setup()
     return store
+
+
+@pytest.fixture
+def fake_node() -> Iterator[FakeNode]:
+    """A scripted connection node's router, for the endpoint's node-failure paths."""
+    node = FakeNode()
+    yield node
+    node.stop()

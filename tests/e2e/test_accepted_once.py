@@ -53,13 +53,6 @@ def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def fake_node() -> Iterator[FakeNode]:
-    node = FakeNode()
-    yield node
-    node.stop()
-
-
-@pytest.fixture
 def relay(stack: Stack) -> Iterator[HttpRelay]:
     running = HttpRelay(stack.router_port)
     yield running

@@ -96,7 +96,10 @@ def test_workers_replaced_while_the_store_is_down_keep_their_masters_up(tmp_path
         nodes_seen = set()
 
         def both_workers_took_a_hello() -> bool:
-            again = stack.client()
+            try:
+                again = stack.client()
+            except websocket.WebSocketBadStatusException:
+                return False  # this worker's set-up has not caught up with the store yet
             if again.hello(uaid).get("status") == 200:
                 nodes_seen.add(stack.storage.router.get_user(uaid).node_id)
                 notifications(again, wait=0.2)

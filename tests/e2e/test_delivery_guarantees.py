@@ -20,7 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import websocket
 
 from autopush_flask.config import CONNECTION, load_settings
 from autopush_flask.crypto import CryptoKeys, MessageId
@@ -30,6 +29,7 @@ from autopush_flask.metrics import NullMetrics
 from tests.e2e.faults_support import report
 from tests.integration.test_connection_node import CRYPTO_KEY, node_environ, router
 from tests.support.processes import GunicornNode, LocalDynamoDB, free_port_range
+from tests.support.delivery import notifications as delivered
 from tests.support.push_client import PushClient
 from tests.support.statsd_sink import StatsdSink
 from tests.support.throttle_proxy import ThrottleProxy
@@ -116,18 +116,8 @@ def drop_tcp(client: PushClient) -> None:
 
 
 def notifications(client: PushClient, quiet: float = 1.5) -> list[dict]:
-    """Notifications until nothing comes for ``quiet`` seconds."""
-    client.ws.settimeout(quiet)
-    found = []
-    try:
-        while True:
-            message = client.receive()
-            if isinstance(message, dict) and message.get("messageType") == "notification":
-                found.append(message)
-    except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
-        pass
-    client.ws.settimeout(5)
-    return found
+    """Notifications until nothing comes for ``quiet`` seconds, read and not acknowledged."""
+    return delivered(client, quiet, ack=False)
 
 
 def wait_notifications(client: PushClient, count: int, timeout: float) -> list[dict]:

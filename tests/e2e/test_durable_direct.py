@@ -39,13 +39,6 @@ def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
     running.stop()
 
 
-@pytest.fixture
-def fake_node() -> Iterator[FakeNode]:
-    node = FakeNode()
-    yield node
-    node.stop()
-
-
 def offered_pushes(node: FakeNode) -> list[dict]:
     return [json.loads(body) for body, (_, path) in zip(node.bodies, node.requests) if path.startswith("/push")]
 

@@ -309,17 +309,27 @@ def test_graceful_stop_stores_unacked_notifications_and_closes_1012(dynalite, ta
 
 
 def raw_close_code(sock: socket.socket) -> int | None:
-    """Read server frames straight off the socket (no automatic pongs)."""
+    """Read server frames straight off the socket (no automatic pongs) up to a close frame.
+
+    Returns as soon as the close frame is in: the server then waits for our
+    close reply (the close handshake) before it drops the connection.
+    """
     sock.settimeout(5)
     data = b""
     while True:
         chunk = sock.recv(4096)
         if not chunk:
-            break
+            return _close_code_in(data)
         data += chunk
+        code = _close_code_in(data)
+        if code is not None:
+            return code
+
+
+def _close_code_in(data: bytes) -> int | None:
     while len(data) >= 2:
         opcode, length = data[0] & 0x0F, data[1] & 0x7F
-        if opcode == 0x8:
+        if opcode == 0x8 and len(data) >= 4:
             return int.from_bytes(data[2:4], "big")
         data = data[2 + length:]
     return None

@@ -20,13 +20,6 @@ from tests.support.stack import Stack
 from tests.support.throttle_proxy import ThrottleProxy
 
 
-@pytest.fixture
-def fake_node() -> Iterator[FakeNode]:
-    node = FakeNode()
-    yield node
-    node.stop()
-
-
 @pytest.fixture(scope="module")
 def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
     running = Stack(dynalite.url, tmp_path_factory.mktemp("faults")).start()

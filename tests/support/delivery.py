@@ -56,8 +56,10 @@ def notifications(client: PushClient, wait: float = QUIET, ack: bool = True) -> 
                 found.append(message)
                 if ack:
                     client.ack(message)
-    except websocket.WebSocketTimeoutException:
-        return found
+    except (websocket.WebSocketTimeoutException, websocket.WebSocketConnectionClosedException):
+        pass
+    client.ws.settimeout(client.timeout)
+    return found
 
 
 def payload(notification: dict) -> bytes:

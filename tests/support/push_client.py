@@ -15,6 +15,7 @@ class PushClient:
             url, timeout=timeout, subprotocols=["push-notification"], **options
         )
         self.uaid: str | None = None
+        self.timeout = timeout
 
     @property
     def subprotocol(self) -> str | None:
