@@ -27,7 +27,7 @@ from autopush_flask.db import StorageError
 # fix (a bad setting, bad credentials, a missing table that may not be
 # created); the master stops with its healthy workers too, so a store that is
 # only unavailable or throttled does not get here: the worker boots, refuses
-# storage work and finishes its set-up when the store is back (db/startup.py).
+# storage work and finishes its set-up when the store is back (db/dynamodb/startup.py).
 BOOT_ERROR_STATUS = 3
 
 

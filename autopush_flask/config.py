@@ -112,6 +112,11 @@ class OptionalText(fields.String):
         return text.strip() or None
 
 
+def _validate_db_url(url: str | None) -> None:
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ValidationError("Must be a postgresql:// URL (DynamoDB is the default: leave it unset).")
+
+
 def _validate_fernet_keys(keys: tuple[str, ...]) -> None:
     for key in keys:
         try:
@@ -223,6 +228,26 @@ class Settings:
     )
     ddb_endpoint: str | None = setting(
         _text(), "DynamoDB endpoint override (local DynamoDB).", default_doc="AWS"
+    )
+    db_url: str | None = setting(
+        _text(validate=_validate_db_url),
+        "Use PostgreSQL at this `postgresql://user:password@host/dbname` URL instead of DynamoDB "
+        "(the table and throughput settings then do not apply).",
+        default_doc="DynamoDB",
+    )
+    db_pool_size: int = setting(
+        fields.Integer(load_default=10, validate=POSITIVE),
+        "PostgreSQL: connections per worker (each gevent worker shares its pool among its greenlets).",
+    )
+    db_purge_interval: float = setting(
+        fields.Float(load_default=3600.0, validate=NON_NEGATIVE),
+        "PostgreSQL: seconds between purges of expired rows by each node (one node at a time "
+        "runs it); 0 leaves purging to `flask maintain-tables --purge-expired`.",
+    )
+    router_ttl_days: int = setting(
+        fields.Integer(load_default=60, validate=POSITIVE),
+        "Days a router record lives without a hello, register or bridge update; then it reads "
+        "as gone (404/410) and the store deletes it.",
     )
     statsd_host: str | None = setting(
         fields.String(load_default="localhost"), "statsd host; empty disables metrics."

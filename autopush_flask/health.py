@@ -69,7 +69,7 @@ def _install_cache(state: BlueprintSetupState) -> None:
 @health.get("/__heartbeat__")
 def health_check() -> tuple[Response, int]:
     node = services()
-    tables = current_app.extensions[CACHE_KEY].get(node.storage.check_tables)
+    tables = current_app.extensions[CACHE_KEY].get(node.storage.check_health)
     healthy = all(entry["status"] == "OK" for entry in tables.values())
     body = {
         "status": "OK" if healthy else "NOT OK",

@@ -1,7 +1,7 @@
 """What a node's request handlers share: settings, storage, keys, metrics.
 
 Built once per worker process by the app factories (after gunicorn forks,
-so each worker gets its own DynamoDB client) and kept in
+so each worker gets its own store connections) and kept in
 ``app.extensions``; handlers reach it through ``services()``.
 """
 
@@ -19,9 +19,7 @@ from flask import Flask, current_app
 from autopush_flask import __version__
 from autopush_flask.config import CONNECTION, Settings
 from autopush_flask.crypto import CryptoKeys
-from autopush_flask.db import Storage, StorageError
-from autopush_flask.db.client import connect
-from autopush_flask.db.startup import ItemGate, require_tables
+from autopush_flask.db import Storage, StorageError, create_storage
 from autopush_flask.logging import log_fields, setup_logging
 from autopush_flask.metrics import create_metrics
 
@@ -32,6 +30,9 @@ EXTENSION_KEY = "autopush"
 # 5 s meanwhile.
 FIRST_SETUP_RETRY_SECONDS = 0.5
 LAST_SETUP_RETRY_SECONDS = 5.0
+# Seconds between calls of the store's periodic duties (switching monthly
+# tables, purging expired rows); each duty keeps its own, longer, schedule.
+MAINTAIN_SECONDS = 10.0
 COMPONENTS = {CONNECTION: "autoconnect"}
 DEFAULT_COMPONENT = "autoendpoint"
 
@@ -44,9 +45,10 @@ class Services:
     metrics: Any
     log: logging.Logger
     client_count: Callable[[], int] = field(default=lambda: 0)
-    # False while a worker that booted during a store outage has not set its
-    # tables up yet (its item calls are refused meanwhile; see db/startup.py).
-    storage_ready: Callable[[], bool] = field(default=lambda: True)
+
+    def storage_ready(self) -> bool:
+        """False while a worker that booted during a store outage has not set its store up yet."""
+        return self.storage.is_ready()
 
     @property
     def component(self) -> str:
@@ -72,46 +74,58 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
         metrics = create_metrics(
             settings.statsd_host, settings.statsd_port, settings.statsd_prefix, settings.statsd_tags
         )
-    storage, storage_ready = _open_storage(settings, metrics, log)
-    return Services(
-        settings, storage, CryptoKeys(settings.crypto_keys), metrics, log, storage_ready=storage_ready
-    )
+    storage = _open_storage(settings, metrics, log)
+    return Services(settings, storage, CryptoKeys(settings.crypto_keys), metrics, log)
 
 
-def _open_storage(settings: Settings, metrics: Any, log: logging.Logger) -> tuple[Storage, Callable[[], bool]]:
-    """The worker's storage, and whether its tables are set up yet.
+def _open_storage(settings: Settings, metrics: Any, log: logging.Logger) -> Storage:
+    """The worker's store, set up now or, while it is unavailable or throttled, in the background.
 
-    Set up now, or, while the store is unavailable or throttled, in the
-    background (see ``db/startup.py``). Raises ``StorageError`` for what
-    waiting cannot fix (bad credentials, missing tables that may not be
-    created): the worker must not boot.
+    A worker that could not set its store up used to exit with gunicorn's
+    "worker failed to boot" status, and the master then shut down with all
+    its healthy workers. Built ``gated``, the store refuses data operations
+    as unavailable until its set-up succeeds (503s, refused upgrades).
+    Raises ``StorageError`` for what waiting cannot fix (bad credentials,
+    missing tables or schema that may not be created): the worker must not boot.
     """
-    gate = ItemGate(connect(settings.ddb_endpoint, metrics))
-    storage = Storage(gate, settings, metrics)
+    storage = create_storage(settings, metrics, gated=True)
     try:
-        _set_up_tables(storage, settings.create_tables, log)
-        gate.open()
+        _set_up(storage, log)
     except StorageError as error:
         if not error.retryable:
             raise
         log.warning("storage failure", extra=log_fields(
-            error=f"tables not set up at start-up, retrying in the background: {error}"))
-        retry = threading.Thread(target=_set_up_later, args=(storage, gate, settings.create_tables, log))
+            error=f"store not set up at start-up, retrying in the background: {error}"))
+        retry = threading.Thread(target=_set_up_later, args=(storage, log))
         retry.daemon = True
         retry.start()
-    return storage, lambda: gate.is_open
+    duties = threading.Thread(target=_maintain_forever, args=(storage, log))
+    duties.daemon = True
+    duties.start()
+    return storage
 
 
-def _set_up_tables(storage: Storage, create_tables: bool, log: logging.Logger) -> None:
-    """Create missing tables when configured, else insist that they exist."""
-    for table in storage.setup():
+def _maintain_forever(storage: Storage, log: logging.Logger) -> None:
+    """The store's periodic duties, in their own greenlet so nothing waits on them."""
+    while True:
+        time.sleep(MAINTAIN_SECONDS)
+        if not storage.is_ready():
+            continue
+        try:
+            storage.maintain()
+        except StorageError as error:
+            log.warning("storage failure", extra=log_fields(error=f"periodic duty: {error}"))
+        except Exception:  # noqa: BLE001 - tried again at the next round
+            log.exception("storage duty failed")
+
+
+def _set_up(storage: Storage, log: logging.Logger) -> None:
+    for table in storage.set_up():
         log.info("Created table", extra=log_fields(table=table))
-    if not create_tables:
-        require_tables(storage)
 
 
-def _set_up_later(storage: Storage, gate: ItemGate, create_tables: bool, log: logging.Logger) -> None:
-    """Retry the set-up until it works, then let item calls through.
+def _set_up_later(storage: Storage, log: logging.Logger) -> None:
+    """Retry the set-up until it works; the store then lets data operations through.
 
     Runs as a greenlet in a gevent worker (``threading`` is patched there).
     """
@@ -119,12 +133,11 @@ def _set_up_later(storage: Storage, gate: ItemGate, create_tables: bool, log: lo
     while True:
         time.sleep(delay)
         try:
-            _set_up_tables(storage, create_tables, log)
+            _set_up(storage, log)
         except StorageError as error:
-            log.warning("storage failure", extra=log_fields(error=f"table set-up: {error}"))
+            log.warning("storage failure", extra=log_fields(error=f"store set-up: {error}"))
             delay = min(delay * 2, LAST_SETUP_RETRY_SECONDS)
             continue
-        gate.open()
         return
 
 

@@ -12,6 +12,7 @@ from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Storage, create_storage
 from autopush_flask.metrics import RecordingMetrics
 from tests.support.fake_node import FakeNode
+from tests.support.postgres import postgres_cluster, postgres_url  # noqa: F401 - fixtures, asked for by name
 from tests.support.processes import LocalDynamoDB
 
 # Nodes refuse to start without crypto keys: one key for the run, as all the
@@ -61,7 +62,7 @@ def metrics() -> RecordingMetrics:
 def storage(make_settings: Callable[..., Settings], metrics: RecordingMetrics) -> Storage:
     """Single-table storage with freshly created tables."""
     store = create_storage(make_settings(), metrics)
-    store.setup()
+    store.set_up()
     return store
 
 

@@ -156,14 +156,13 @@ class ConnectionNode:
         pool.kill(block=True, timeout=1)
 
     def _tick_forever(self) -> None:
-        """Each second, every client's timer duties, then the message-table refresh.
+        """Each second, every client's timer duties.
 
         Nothing in this loop may wait: not for a client (``tick`` hands due
-        duties to side greenlets) nor for storage (the refresh runs in its own
-        greenlet, one at a time), or every client of the worker would miss
-        its hello and pong deadlines while it waits.
+        duties to side greenlets) nor for storage (its periodic duties run in
+        their own greenlet, ``services``), or every client of the worker
+        would miss its hello and pong deadlines while it waits.
         """
-        refresh: gevent.Greenlet | None = None
         while True:
             gevent.sleep(TICK_SECONDS)
             now = time.monotonic()
@@ -172,14 +171,6 @@ class ConnectionNode:
                     connection.tick(now)
                 except Exception:  # noqa: BLE001 - one client must not stop the timers
                     log.exception("timer failed")
-            if refresh is None or refresh.dead:
-                refresh = greenlets.spawn(self._refresh_tables)
-
-    def _refresh_tables(self) -> None:
-        try:
-            self.storage.tables.maybe_refresh()
-        except Exception:  # noqa: BLE001 - retried at the next tick
-            log.exception("message table refresh failed")
 
     # ---- services for sessions
 

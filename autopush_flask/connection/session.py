@@ -158,7 +158,7 @@ class SessionStats:
 class Session:
     __slots__ = (
         "ctx", "state", "uaid", "connected_at", "started", "user_agent", "pending_user",
-        "message_table", "existing_uaid", "reset_uaid", "rotate", "draining", "check_again",
+        "user", "existing_uaid", "reset_uaid", "rotate", "draining", "check_again",
         "include_topic", "unacked_direct", "unacked_stored", "cursor", "stored_bookmark",
         "drain_started", "batch_high", "batch_is_timestamp", "sent_from_storage", "recent_acks",
         "last_ping", "broadcast_subs", "broadcast_seen", "stats", "disconnect_reason",
@@ -173,7 +173,8 @@ class Session:
         self.started = ctx.monotonic()
         self.user_agent = user_agent
         self.pending_user: User | None = None
-        self.message_table: str | None = None
+        # The router record as this session knows it: where the user's data lives.
+        self.user: User | None = None
         self.existing_uaid = False
         self.reset_uaid = False
         self.rotate = False
@@ -344,7 +345,7 @@ class Session:
         """The stored record of a returning client, or ``None`` for a new user."""
         if not is_canonical_uaid(requested):
             return None
-        user = yield Db("get_user", lambda s: s.router.get_user(requested))
+        user = yield Db("get_user", lambda s: s.get_user(requested))
         if user is None:
             return None
         if user.router_type is None or user.connected_at is None:
@@ -352,7 +353,7 @@ class Session:
             return None
         if user.router_type != WEBPUSH:
             return None
-        if self.ctx.storage.message_table_for(user) is None:
+        if not self.ctx.storage.holds_data_of(user):
             yield from self._drop_user(requested, 105)
             return None
         return user
@@ -363,11 +364,9 @@ class Session:
         if user.connected_at > now:
             yield from self._already_connected()
             return False
-        update = User(uaid=user.uaid, node_id=self.ctx.node_id, connected_at=now)
-        if self.ctx.storage.rotation and not self.ctx.storage.connected_this_month(user.last_connect):
-            update.last_connect = self.ctx.storage.new_last_connect()
+        node_id = self.ctx.node_id
         try:
-            claimed, previous = yield Db("update_user", lambda s: s.router.update_user(update))
+            claimed, previous = yield Db("update_user", lambda s: s.claim_user(user, node_id, now))
         except StorageError as error:
             yield from self._hello_storage_failure(error)
             return False
@@ -377,28 +376,22 @@ class Session:
         self.uaid = user.uaid
         self.existing_uaid = True
         self.reset_uaid = not user.record_version or user.record_version < 1
-        self.message_table = self.ctx.storage.message_table_for(user)
-        self.rotate = self.message_table != self.ctx.storage.tables.current
-        if not self.ctx.storage.rotation:
-            yield from self._best_effort("touch_channels", lambda s: s.messages().touch_channels(user.uaid))
+        self.user = user
+        self.rotate = self.ctx.storage.needs_migration(user)
+        yield from self._best_effort("touch_channels", lambda s: s.touch_channels(user))
         yield from self._evict_elsewhere(previous)
         return True
 
-    def _evict_elsewhere(self, previous: dict) -> Effects:
-        old_node, old_connected_at = previous.get("node_id"), previous.get("connected_at")
+    def _evict_elsewhere(self, previous: User | None) -> Effects:
+        if previous is None:
+            return
+        old_node, old_connected_at = previous.node_id, previous.connected_at
         if old_node and old_node != self.ctx.node_id and old_connected_at is not None:
             yield NodeRequest("DELETE", f"{old_node}/notif/{self.uaid}/{old_connected_at}")
 
     def _new_user(self) -> None:
-        storage = self.ctx.storage
         self.uaid = uuid.uuid4().hex
-        self.message_table = storage.tables.current
-        self.pending_user = User(
-            uaid=self.uaid, node_id=self.ctx.node_id, connected_at=self.connected_at, record_version=1
-        )
-        if storage.rotation:
-            self.pending_user.current_month = storage.tables.current
-            self.pending_user.last_connect = storage.new_last_connect()
+        self.user = self.pending_user = self.ctx.storage.new_user(self.uaid, self.ctx.node_id, self.connected_at)
 
     def _hello_reply(self, message: dict) -> dict:
         requested = message.get("broadcasts")
@@ -442,7 +435,7 @@ class Session:
 
     def _drop_user(self, uaid: str, code: int) -> Effects:
         log.debug("Dropping User", extra=log_fields(code=code, uaid_hash=uaid))
-        yield Db("drop_user", lambda s: s.router.drop_user(uaid))
+        yield Db("drop_user", lambda s: s.drop_user(uaid))
 
     # ------------------------------------------------------------------
     # register / unregister (SPEC §2.5, §2.6)
@@ -484,7 +477,9 @@ class Session:
                 yield Send(error_reply("register", TOO_MANY_CHANNELS, "too many channels", channel_id))
                 return
             yield from self._create_pending_user()
-            yield Db("add_channel", lambda s: s.messages(self.message_table).add_channel(self.uaid, channel_id))
+            user = self.user
+            yield Db("add_channel", lambda s: s.add_channel(user, channel_id))
+            yield from self._best_effort("refresh_user", lambda s: s.refresh_user(user))
         except StorageThrottled:
             yield Send({"messageType": "error", "reason": "overloaded", "status": 503})
             return
@@ -527,8 +522,8 @@ class Session:
         """
         if self.pending_user is not None:
             return True  # a new user's first register: no channels yet
-        uaid, table = self.uaid, self.message_table
-        channels = yield Db("get_channels", lambda s: s.messages(table).get_channels(uaid))
+        user = self.user
+        channels = yield Db("get_channels", lambda s: s.get_channels(user))
         return channel_id in channels or len(channels) < self.ctx.limits.max_channels
 
     def _create_pending_user(self) -> Effects:
@@ -536,7 +531,7 @@ class Session:
         if self.pending_user is None:
             return
         user = self.pending_user
-        created = yield Db("add_user", lambda s: s.router.add_user(user))
+        created = yield Db("add_user", lambda s: s.add_user(user))
         if not created:
             raise StorageError("UAID collision", "put_item")
         self.pending_user = None
@@ -554,7 +549,8 @@ class Session:
         code = integer_code(message.get("code"), 200)
         self._forget_channel(channel_id)
         try:
-            yield Db("remove_channel", lambda s: s.messages(self.message_table).remove_channel(self.uaid, channel_id))
+            user = self.user
+            yield Db("remove_channel", lambda s: s.remove_channel(user, channel_id))
         except StorageError as error:
             log.warning("unregister failed", extra=log_fields(error=str(error), uaid_hash=self.uaid))
             yield Send(error_reply("unregister", 500, "An unexpected server error occurred", sent))
@@ -627,8 +623,8 @@ class Session:
         A delete that fails is retried in the background until the message expires.
         """
         updateid = None if notification.legacy else notification.version
-        store_key, uaid, table = notification.sort_key, self.uaid, self.message_table
-        call = lambda s: s.messages(table).delete_message(uaid, store_key, updateid)  # noqa: E731
+        store_key, user = notification.sort_key, self.user
+        call = lambda s: s.delete_message(user, store_key, updateid)  # noqa: E731
         retry_until = notification.timestamp + notification.ttl if retry else None
         return (yield from self._best_effort("delete_message", call, retry_until, (notification.version,)))
 
@@ -715,11 +711,9 @@ class Session:
 
     def _fetch_batch(self) -> Generator[Any, Any, list[Notification] | None]:
         """The next batch of the current phase; ``None`` when storage is drained."""
-        uaid, table = self.uaid, self.message_table
+        user = self.user
         if self.include_topic:
-            bookmark, messages = yield Db(
-                "fetch_topic_messages", lambda s: s.messages(table).fetch_topic_messages(uaid)
-            )
+            bookmark, messages = yield Db("fetch_topic_messages", lambda s: s.fetch_topic_messages(user))
             if self.cursor is None:
                 self.cursor = self.stored_bookmark = bookmark
             if messages:
@@ -727,11 +721,12 @@ class Session:
                 self.ctx.metrics.increment("notification.message.retrieved", len(messages), {"topic": True})
                 return messages
             self.include_topic = False
-        cursor = self.cursor
-        high, messages = yield Db(
-            "fetch_timestamp_messages",
-            lambda s: s.messages(table).fetch_timestamp_messages(uaid, cursor),
-        )
+        while True:
+            cursor = self.cursor
+            high, messages = yield Db("fetch_timestamp_messages", lambda s: s.fetch_timestamp_messages(user, cursor))
+            if messages or high is None or (cursor is not None and high <= cursor):
+                break
+            self.cursor = high  # a page of expired messages only: read on past it
         self.batch_high = high
         self.batch_is_timestamp = True
         if messages:
@@ -789,7 +784,7 @@ class Session:
         reading. Messages are stamped (their sort key) before they are
         written, and a write can land late: DynamoDB throttling and timeouts
         with their retries (3 attempts of at most 2 s connect + 10 s read,
-        ~36 s, ``db/client.py``), the endpoint's ``PUT /push`` to a node in
+        ~36 s, ``db/dynamodb/client.py``), the endpoint's ``PUT /push`` to a node in
         between (a few seconds), another host's clock running ahead. So the
         stored bookmark never passes ``AUTOPUSH_BOOKMARK_MARGIN`` (60 s) before
         this drain started, by this host's clock: it assumes every stamp is
@@ -813,8 +808,8 @@ class Session:
         expected = self.stored_bookmark
         if expected is not None and target <= expected:
             return
-        uaid, table = self.uaid, self.message_table
-        call = lambda s: s.messages(table).advance_bookmark(uaid, expected, target)  # noqa: E731
+        uaid, user = self.uaid, self.user
+        call = lambda s: s.advance_bookmark(user, expected, target)  # noqa: E731
         try:
             moved = yield Db("update_bookmark", call)
         except StorageError as error:
@@ -841,7 +836,7 @@ class Session:
         """Drop the UAID; the client reconnects and is given a new one."""
         self.ctx.metrics.increment("ua.expiration", tags={"reason": reason})
         uaid = self.uaid
-        yield from self._best_effort("drop_user", lambda s: s.router.drop_user(uaid))
+        yield from self._best_effort("drop_user", lambda s: s.drop_user(uaid))
         self.disconnect_reason = reason
         yield from self._close(CLOSE_NORMAL, "uaid reset")
 
@@ -849,46 +844,25 @@ class Session:
     # Rotation-mode migration (SPEC §7.7 connection-node rule 4)
 
     def _migrate(self) -> Effects:
-        old, new, uaid = self.message_table, self.ctx.storage.tables.current, self.uaid
-        last_connect = self.ctx.storage.new_last_connect()
+        """Move the user's data where new data goes; what reached the old place meanwhile comes along.
+
+        An endpoint that read the record before the switch stores in the old
+        place, which this session no longer reads: the store carries such
+        messages over (same keys and versions), and they are drained.
+        """
+        user, bookmark = self.user, self.stored_bookmark
         try:
-            channels = yield Db("get_channels", lambda s: s.messages(old).get_channels(uaid))
-            yield Db("save_channels", lambda s: s.messages(new).save_channels(uaid, channels))
-            yield Db(
-                "update_message_month",
-                lambda s: s.router.update_message_month(uaid, new, last_connect),
-            )
+            moved, carried = yield Db("migrate_user", lambda s: s.migrate_user(user, bookmark))
         except StorageThrottled:
             yield Schedule(self.ctx.rng.uniform(*MIGRATION_RETRY_DELAY), self._retry_migration)
             return
         except StorageError as error:
-            log.warning("migration failed", extra=log_fields(error=str(error), uaid_hash=uaid))
+            log.warning("migration failed", extra=log_fields(error=str(error), uaid_hash=self.uaid))
             yield from self._close(CLOSE_ERROR, "storage error")
             return
-        self.message_table = new
+        self.user = moved
         self.rotate = False
-        yield from self._carry_over(old, new)
-
-    def _carry_over(self, old: str, new: str) -> Effects:
-        """Move what reached the old table while we switched (SPEC §7.7 edge case).
-
-        An endpoint that read the record before ``current_month`` changed
-        stores in the old table, which this session no longer reads: copy
-        such messages (same keys and versions) into the new table and drain.
-        """
-        uaid, bookmark = self.uaid, self.stored_bookmark
-        try:
-            _, topics = yield Db("fetch_topic_messages", lambda s: s.messages(old).fetch_topic_messages(uaid))
-            _, stamped = yield Db(
-                "fetch_timestamp_messages", lambda s: s.messages(old).fetch_timestamp_messages(uaid, bookmark)
-            )
-            late = topics + stamped
-            if late:
-                yield Db("save_messages", lambda s: s.messages(new).save_late_messages(uaid, late))
-        except StorageError as error:
-            log.warning("carry-over failed", extra=log_fields(error=str(error), uaid_hash=uaid))
-            return
-        if late:
+        if carried:
             yield from self._start_drain()
 
     def _retry_migration(self) -> Effects:
@@ -924,9 +898,9 @@ class Session:
         ]
         if not pending or self.uaid is None or self.pending_user is not None:
             return
-        uaid, table = self.uaid, self.message_table
+        uaid, user = self.uaid, self.user
         stored = yield from self._best_effort(
-            "store_direct", lambda s: s.messages(table).save_late_messages(uaid, pending),
+            "store_direct", lambda s: s.save_late_messages(user, pending),
             retry_until=max(n.timestamp + n.ttl for n in pending),
             message_ids=tuple(n.version for n in pending), notify=True,
         )
@@ -935,7 +909,7 @@ class Session:
             return
         self.stats.direct_storage += len(pending)
         try:
-            user = yield Db("get_user", lambda s: s.router.get_user(uaid))
+            user = yield Db("get_user", lambda s: s.get_user(uaid))
         except StorageError:
             return  # they are stored: the client's next drain finds them
         if user and user.node_id and user.connected_at != self.connected_at:

@@ -308,7 +308,7 @@ class PushWebSocketHandler(WebSocketHandler):
             self.start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"Too many connections"]
         if node is not None and not node.services.storage_ready():
-            # Booted during a store outage: no hello could be answered yet (db/startup.py).
+            # Booted during a store outage: no hello could be answered yet (db/dynamodb/startup.py).
             self.start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
             return [b"Storage unavailable"]
         result = super().upgrade_connection()

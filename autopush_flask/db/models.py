@@ -16,6 +16,8 @@ TIMESTAMP_PREFIX = "02"
 AFTER_TOPICS = "01;"
 THIRTY_DAYS = 30 * 24 * 3600
 SIXTY_DAYS = 60 * 24 * 3600
+# A router record's expiry is pushed back when less than its lifetime minus this remains.
+REFRESH_SLACK = 24 * 3600
 WEBPUSH = "webpush"
 
 
@@ -62,6 +64,14 @@ class User:
 
     def to_item(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def due_for_refresh(self, now: float, lifetime: int) -> bool:
+        """Whether ``refresh_user`` should write: at most once a day per record.
+
+        Registers and bridge deliveries call it freely; a write each time
+        would double their storage cost for a date that moves by seconds.
+        """
+        return self.expiry is None or self.expiry - now < lifetime - REFRESH_SLACK
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> User:

@@ -20,21 +20,11 @@ def cancel(message_id: str) -> Response:
     except InvalidMessageIdError as error:
         raise PushError(400, None, "Invalid message ID") from error
     uaid = parsed.uaid.hex
+    updateid = message_id if parsed.kind == "topic" else None
     try:
-        table = _message_table(uaid)
-        if table is not None:
-            updateid = message_id if parsed.kind == "topic" else None
-            state.storage.messages(table).delete_message(uaid, parsed.sort_key, updateid)
+        state.storage.cancel_message(uaid, parsed.sort_key, updateid)
     except StorageError as error:
         raise storage_error(error) from error
     state.metrics.increment("notification.message.deleted", tags={"topic": parsed.kind == "topic"})
     return Response(b"", status=204)
 
-
-def _message_table(uaid: str) -> str | None:
-    """Single-table mode needs no read; rotation mode asks the user's record."""
-    storage = endpoint_state().storage
-    if not storage.rotation:
-        return storage.tables.current
-    user = storage.router.get_user(uaid)
-    return storage.message_table_for(user) if user else None

@@ -47,11 +47,10 @@ def register(router_type: str, app_id: str) -> Response:
     router_data = router.router_data(app_id, body)
     channel_id, key = _subscription_fields(body)
     uaid = uuid.uuid4()
-    user = User(uaid=uaid.hex, router_type=router_type.lower(), router_data=router_data,
-                connected_at=_now_ms(), record_version=1)
-    if state.storage.rotation:
-        user.current_month = state.storage.tables.current
-    if not state.storage.router.add_user(user):
+    user = state.storage.new_user(
+        uaid.hex, None, _now_ms(), router_type=router_type.lower(), router_data=router_data
+    )
+    if not state.storage.add_user(user):
         raise PushError(500, 999, "UAID collision")
     endpoint = _add_channel(state, user, channel_id, key)
     state.metrics.increment("ua.command.register", tags=_client_tags())
@@ -63,7 +62,7 @@ def register(router_type: str, app_id: str) -> Response:
 def update_token(router_type: str, app_id: str, uaid: str) -> Response:
     router, user = _authenticated(router_type, uaid)
     router_data = router.router_data(app_id, _json_body(required=True))
-    if not endpoint_state().storage.router.update_router_data(
+    if not endpoint_state().storage.update_router_data(
         user.uaid, router_type.lower(), router_data, _now_ms()
     ):
         raise PushError(410, 103, "Expired URL endpoint")
@@ -74,7 +73,7 @@ def update_token(router_type: str, app_id: str, uaid: str) -> Response:
 def list_channels(router_type: str, app_id: str, uaid: str) -> Response:
     _, user = _authenticated(router_type, uaid)
     state = endpoint_state()
-    channels = state.storage.messages(state.storage.message_table_for(user)).get_channels(user.uaid)
+    channels = state.storage.get_channels(user)
     state.metrics.increment("ua.connection.check", tags=_client_tags())
     return jsonify(uaid=str(uuid.UUID(user.uaid)), channelIDs=sorted(channels))
 
@@ -82,7 +81,7 @@ def list_channels(router_type: str, app_id: str, uaid: str) -> Response:
 @registration.delete(f"{PREFIX}/<uaid>", strict_slashes=False)
 def unregister_uaid(router_type: str, app_id: str, uaid: str) -> Response:
     _, user = _authenticated(router_type, uaid)
-    endpoint_state().storage.router.drop_user(user.uaid)
+    endpoint_state().storage.drop_user(user.uaid)
     return jsonify({})
 
 
@@ -101,8 +100,7 @@ def unsubscribe(router_type: str, app_id: str, uaid: str, chid: str) -> Response
     _, user = _authenticated(router_type, uaid)
     channel_id = _parse_uuid(chid, 106, "No such subscription")
     state = endpoint_state()
-    table = state.storage.message_table_for(user)
-    if not state.storage.messages(table).remove_channel(user.uaid, str(channel_id)):
+    if not state.storage.remove_channel(user, str(channel_id)):
         raise PushError(410, 106, "No such subscription")
     state.metrics.increment("ua.command.unregister", tags=_client_tags())
     return jsonify({})
@@ -122,7 +120,7 @@ def _authenticated(router_type: str, uaid_text: str) -> tuple[BridgeRouter, User
     router = _bridge(router_type)
     uaid = _parse_uuid(uaid_text, 103, "Expired URL endpoint")
     _check_secret(uaid.hex)
-    user = endpoint_state().storage.router.get_user(uaid.hex)
+    user = endpoint_state().storage.get_user(uaid.hex)
     if user is None:
         raise PushError(410, 103, "Expired URL endpoint")
     return router, user
@@ -177,8 +175,7 @@ def _subscription_fields(body: dict[str, Any]) -> tuple[uuid.UUID, bytes | None]
 
 
 def _add_channel(state: EndpointState, user: User, channel_id: uuid.UUID, key: bytes | None) -> str:
-    table = state.storage.message_table_for(user) or state.storage.tables.current
-    state.storage.messages(table).add_channel(user.uaid, str(channel_id))
+    state.storage.add_channel(user, str(channel_id))
     return make_endpoint_url(state.crypto_keys, state.settings.endpoint_url, uuid.UUID(user.uaid), channel_id, key)
 
 

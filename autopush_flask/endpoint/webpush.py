@@ -55,6 +55,8 @@ def push(api_version: str, token: str) -> Response:
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
     notification = _notification(subscription, headers, body)
     destination = state.router_for(user).route(user, notification)
+    if user.router_type != WEBPUSH:
+        _keep_bridge_record(user)
     _count_success(destination, user, vapid, len(body), headers)
     return _created(notification.version, headers.ttl)
 
@@ -123,22 +125,29 @@ def _check_subscription(user: User, channels: list[str] | None, subscription: En
         raise PushError(410, 105, "Endpoint became unavailable")
     if user.router_type != WEBPUSH:
         return
-    table = state.storage.message_table_for(user)
-    if table is None:
+    if not state.storage.holds_data_of(user):
         _drop_user(user.uaid)
     if channels is None:
         try:
-            channels = state.storage.messages(table).get_channels(user.uaid)
+            channels = state.storage.get_channels(user)
         except StorageError as error:
             raise storage_error(error) from error
     if str(subscription.channel_id) not in channels:
         raise PushError(410, 106, "No such subscription")
 
 
+def _keep_bridge_record(user: User) -> None:
+    """A mobile device that still receives keeps its record (a browser refreshes its own at hello)."""
+    try:
+        endpoint_state().storage.refresh_user(user)
+    except StorageError as error:
+        log.info("record refresh failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
+
+
 def _drop_user(uaid: str) -> None:
     state = endpoint_state()
     try:
-        state.storage.router.drop_user(uaid)
+        state.storage.drop_user(uaid)
     except StorageError as error:
         raise storage_error(error) from error
     state.metrics.increment("updates.drop_user", tags={"errno": 106})

@@ -117,7 +117,7 @@ def bridge_data(notification: Notification) -> dict[str, str]:
 def device_gone(storage: Storage, metrics: Any, user: User, platform: str, app_id: str) -> PushError:
     """The platform no longer knows the device: drop the record, answer 410 errno 106."""
     try:
-        storage.router.drop_user(user.uaid)
+        storage.drop_user(user.uaid)
     except StorageError as error:
         log.warning("drop after device gone failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
     metrics.increment("updates.drop_user", tags={"errno": 106})

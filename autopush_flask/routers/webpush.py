@@ -142,9 +142,8 @@ class WebPushRouter:
 
     def _store(self, user: User, notification: Notification) -> None:
         """Write the message under the version it was stamped with."""
-        table = self._storage.message_table_for(user)
         try:
-            self._storage.messages(table).save_message(user.uaid, notification)
+            self._storage.save_message(user, notification)
         except StorageError as error:
             log.warning("store failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
             raise storage_error(error, STORE_ERRNO) from error
@@ -154,7 +153,7 @@ class WebPushRouter:
     def _notify_node_after_store(self, uaid: str) -> None:
         """Catch a client that connected while we were storing (SPEC §1.4)."""
         try:
-            user = self._storage.router.get_user(uaid)
+            user = self._storage.get_user(uaid)
         except StorageError:
             return  # the message is safely stored
         if user is None:
@@ -184,7 +183,7 @@ class WebPushRouter:
         """Conditional removal; losing the race is fine (SPEC §1.4)."""
         self._metrics.increment("updates.client.host_gone")
         try:
-            self._storage.router.remove_node_id(uaid, node_id, connected_at or 0)
+            self._storage.remove_node_id(uaid, node_id, connected_at or 0)
         except StorageError as error:
             log.info("node_id removal failed", extra=log_fields(error=str(error), uaid_hash=uaid))
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from autopush_flask.connection.effects import Retry
 from autopush_flask.crypto import CryptoKeys, MessageId
-from autopush_flask.db import Notification, create_storage
+from autopush_flask.db import Notification, User, create_storage
 from autopush_flask.db.models import timestamp_sort_key
 from autopush_flask.metrics import RecordingMetrics
 from tests.connection.harness import Client, Node
@@ -60,8 +60,8 @@ def connected(node: Node) -> tuple[Client, str, str]:
 
 
 def stored_items(node: Node, uaid: str) -> list[Notification]:
-    _, topics = node.ctx.storage.messages().fetch_topic_messages(uaid)
-    _, stamped = node.ctx.storage.messages().fetch_timestamp_messages(uaid, None, limit=100)
+    _, topics = node.ctx.storage.fetch_topic_messages(User(uaid=uaid))
+    _, stamped = node.ctx.storage.fetch_timestamp_messages(User(uaid=uaid), None, limit=100)
     return topics + stamped
 
 
@@ -73,7 +73,7 @@ def reconnect(node: Node, uaid: str) -> Client:
 
 
 def bookmark(node: Node, uaid: str) -> int | None:
-    return node.ctx.storage.messages().fetch_topic_messages(uaid)[0]
+    return node.ctx.storage.fetch_topic_messages(User(uaid=uaid))[0]
 
 
 # ---- the bookmark race ---------------------------------------------------------
@@ -124,7 +124,7 @@ def test_a_bookmark_lowered_during_a_drain_is_not_raised_over_it(node: Node) -> 
     # Meanwhile another node stores a client's unacked notification under an old stamp.
     stamp = old[0].sortkey_timestamp + 1
     late = dataclasses.replace(make_notification(node, uaid, channel_id, ttl=3600), sortkey_timestamp=stamp)
-    node.ctx.storage.messages().save_late_messages(uaid, [late])
+    node.ctx.storage.save_late_messages(User(uaid=uaid), [late])
     client.ack(*client.notifications())  # the drain's conditional bookmark write fails ...
     client.fire_scheduled()  # ... and it drains again from the lowered bookmark
     assert client.notifications()[-1]["version"] == late.version

@@ -58,7 +58,7 @@ def registered_user(node: Node, channels: int = 1) -> tuple[str, list[str]]:
 
 def store(node: Node, uaid: str, *notifications: Notification) -> None:
     for notification in notifications:
-        node.ctx.storage.messages().save_message(uaid, notification)
+        node.ctx.storage.save_message(User(uaid=uaid), notification)
 
 
 # ---- hello ---------------------------------------------------------------
@@ -98,11 +98,11 @@ def test_05_unknown_well_formed_uaid_gets_a_new_one(node: Node) -> None:
 
 def test_06_returning_user_keeps_uaid_and_node_id_is_updated(node: Node) -> None:
     uaid, _ = registered_user(node)
-    before = node.ctx.storage.router.get_user(uaid).connected_at
+    before = node.ctx.storage.get_user(uaid).connected_at
     node.clock.advance(5)
     client = node.client()
     assert client.hello(uaid)["uaid"] == uaid
-    user = node.ctx.storage.router.get_user(uaid)
+    user = node.ctx.storage.get_user(uaid)
     assert user.node_id == NODE_ID and user.connected_at > before
     assert node.metrics.find("ua.command.hello")[-1].tags == {"uaid": "existing"}
 
@@ -122,7 +122,7 @@ def test_09_new_client_without_register_leaves_no_router_item(node: Node) -> Non
     client = node.client()
     uaid = client.hello()["uaid"]
     client.disconnect()
-    assert node.ctx.storage.router.get_user(uaid) is None
+    assert node.ctx.storage.get_user(uaid) is None
 
 
 def test_10_second_hello_is_refused(node: Node) -> None:
@@ -150,9 +150,7 @@ def test_12_hello_timeout_closes_only_before_hello(node: Node) -> None:
 
 def test_13_connected_at_in_the_future_is_already_connected(node: Node) -> None:
     uaid, _ = registered_user(node)
-    node.ctx.storage.router.update_user(
-        User(uaid=uaid, node_id="http://other:8081", connected_at=node.ctx.now_ms() + 60_000)
-    )
+    node.ctx.storage.claim_user(User(uaid=uaid), "http://other:8081", node.ctx.now_ms() + 60_000)
     client = node.client()
     assert client.hello(uaid) == {"messageType": "hello", "status": 500, "reason": "already_connected"}
     assert client.closed.code == 1011
@@ -161,17 +159,17 @@ def test_13_connected_at_in_the_future_is_already_connected(node: Node) -> None:
 
 def test_14_record_without_connected_at_is_dropped(node: Node) -> None:
     uaid = uuid.uuid4().hex
-    node.ctx.storage.router.add_user(User(uaid=uaid, record_version=1))
+    node.ctx.storage.add_user(User(uaid=uaid, record_version=1))
     assert node.client().hello(uaid)["uaid"] != uaid
-    assert node.ctx.storage.router.get_user(uaid) is None
+    assert node.ctx.storage.get_user(uaid) is None
 
 
 def test_15_bridge_record_is_left_alone(node: Node) -> None:
     uaid = uuid.uuid4().hex
     record = User(uaid=uaid, router_type="fcm", connected_at=1, record_version=1, router_data={"token": "t"})
-    node.ctx.storage.router.add_user(record)
+    node.ctx.storage.add_user(record)
     assert node.client().hello(uaid)["uaid"] != uaid
-    assert node.ctx.storage.router.get_user(uaid) == record
+    assert node.ctx.storage.get_user(uaid) == record
 
 
 # ---- framing and errors ----------------------------------------------------
@@ -226,10 +224,10 @@ def test_24_first_register_creates_the_router_item(node: Node) -> None:
     uaid = client.hello()["uaid"]
     channel_id = chid()
     client.register(channel_id)
-    user = node.ctx.storage.router.get_user(uaid)
+    user = node.ctx.storage.get_user(uaid)
     assert (user.router_type, user.node_id, user.record_version) == ("webpush", NODE_ID, 1)
     assert user.connected_at == client.connected_at
-    assert node.ctx.storage.messages().get_channels(uaid) == [channel_id]
+    assert node.ctx.storage.get_channels(User(uaid=uaid)) == [channel_id]
 
 
 def test_25_register_reply_and_v1_endpoint(node: Node) -> None:
@@ -304,7 +302,7 @@ def test_31_register_twice_gives_two_valid_endpoints(node: Node) -> None:
     first, second = client.register(channel_id), client.register(channel_id)
     assert first["status"] == second["status"] == 200
     assert first["pushEndpoint"] != second["pushEndpoint"]
-    assert node.ctx.storage.messages().get_channels(uaid) == [channel_id]
+    assert node.ctx.storage.get_channels(User(uaid=uaid)) == [channel_id]
 
 
 def test_32_unregister(node: Node) -> None:
@@ -314,7 +312,7 @@ def test_32_unregister(node: Node) -> None:
     client.register(channel_id)
     out = client.send({"messageType": "unregister", "channelID": channel_id, "code": 200})
     assert out == [{"messageType": "unregister", "channelID": channel_id, "status": 200}]
-    assert node.ctx.storage.messages().get_channels(uaid) == []
+    assert node.ctx.storage.get_channels(User(uaid=uaid)) == []
     assert node.metrics.find("ua.command.unregister")[-1].tags == {"code": "200"}
 
 
@@ -401,7 +399,7 @@ def test_42_acked_direct_notification_is_not_stored(node: Node) -> None:
     [sent] = client.deliver(make_notification(node, uaid, channel_id))
     client.ack(sent)
     client.disconnect()
-    assert node.ctx.storage.messages().fetch_timestamp_messages(uaid, None) == (None, [])
+    assert node.ctx.storage.fetch_timestamp_messages(User(uaid=uaid), None) == (None, [])
 
 
 def test_disconnect_tells_the_new_node_to_check_storage(node: Node) -> None:
@@ -410,9 +408,7 @@ def test_disconnect_tells_the_new_node_to_check_storage(node: Node) -> None:
     channel_id = chid()
     client.register(channel_id)
     client.deliver(make_notification(node, uaid, channel_id))
-    node.ctx.storage.router.update_user(
-        User(uaid=uaid, node_id="http://node-b:8081", connected_at=client.connected_at + 5)
-    )
+    node.ctx.storage.claim_user(User(uaid=uaid), "http://node-b:8081", client.connected_at + 5)
     client.disconnect()
     assert client.requests == [NodeRequest("PUT", f"http://node-b:8081/notif/{uaid}")]
 
@@ -446,7 +442,7 @@ def test_44_topic_replacement(node: Node) -> None:
     assert notification["data"] == "c2Vjb25k"
     client.ack(notification)
     assert client.notifications() == [notification]
-    assert node.ctx.storage.messages().fetch_topic_messages(uaid)[1] == []
+    assert node.ctx.storage.fetch_topic_messages(User(uaid=uaid))[1] == []
 
 
 def test_45_46_48_expired_messages_are_not_delivered(node: Node) -> None:
@@ -460,7 +456,7 @@ def test_45_46_48_expired_messages_are_not_delivered(node: Node) -> None:
     client = node.client()
     client.hello(uaid)
     assert [n["version"] for n in client.notifications()] == [keeper.version]
-    assert node.ctx.storage.messages().fetch_topic_messages(uaid)[1] == []  # expired topic deleted
+    assert node.ctx.storage.fetch_topic_messages(User(uaid=uaid))[1] == []  # expired topic deleted
 
 
 def test_47_zero_ttl_direct_delivery(node: Node) -> None:
@@ -518,11 +514,11 @@ def test_52_bookmark_after_a_timestamp_batch_stays_a_margin_behind(node: Node) -
     client = node.client()
     client.hello(uaid)  # the drain starts now
     client.ack(*client.notifications())
-    bookmark, _ = node.ctx.storage.messages().fetch_topic_messages(uaid)
+    bookmark, _ = node.ctx.storage.fetch_topic_messages(User(uaid=uaid))
     assert bookmark == node.ctx.stamp_at(node.clock() - node.ctx.bookmark_margin)
     assert max(m.sortkey_timestamp for m in older) < bookmark < newer.sortkey_timestamp
     # Acked messages are deleted, timestamp ones too: re-reading the margin finds nothing.
-    assert node.ctx.storage.messages().fetch_timestamp_messages(uaid, None) == (None, [])
+    assert node.ctx.storage.fetch_timestamp_messages(User(uaid=uaid), None) == (None, [])
 
 
 def test_53_msg_limit_resets_the_uaid(storage, keys) -> None:
@@ -534,7 +530,7 @@ def test_53_msg_limit_resets_the_uaid(storage, keys) -> None:
     assert len(client.notifications()) == 10 and client.closed is None
     client.ack(*client.notifications())
     assert client.closed == Close(1000, "uaid reset")
-    assert node.ctx.storage.router.get_user(uaid) is None
+    assert node.ctx.storage.get_user(uaid) is None
     assert node.client().hello(uaid)["uaid"] != uaid
     assert node.metrics.find("ua.expiration")[-1].tags == {"reason": "too_many_messages"}
 
@@ -551,7 +547,7 @@ def test_54_old_record_version_is_reset_after_the_drain(node: Node) -> None:
     assert client.closed is None
     client.ack(*client.notifications())
     assert client.closed == Close(1000, "uaid reset")
-    assert node.ctx.storage.router.get_user(uaid) is None
+    assert node.ctx.storage.get_user(uaid) is None
 
 
 def test_55_same_node_duplicate_closes_the_older(node: Node) -> None:
@@ -684,7 +680,7 @@ def test_shutdown_stores_direct_notifications_and_closes_1012(node: Node) -> Non
     client.deliver(direct)
     client.run(client.session.on_shutdown_store())
     assert client.closed is None  # stored first, closed after every client is stored
-    _, stored = node.ctx.storage.messages().fetch_timestamp_messages(uaid, None)
+    _, stored = node.ctx.storage.fetch_timestamp_messages(User(uaid=uaid), None)
     assert [m.version for m in stored] == [direct.version]
     client.run(client.session.on_shutdown())
     assert client.closed.code == 1012
@@ -700,7 +696,7 @@ def test_ack_between_shutdown_store_and_close_deletes_the_stored_copy(node: Node
     client.run(client.session.on_shutdown_store())
     client.ack(sent)
     client.run(client.session.on_shutdown())
-    assert node.ctx.storage.messages().fetch_timestamp_messages(uaid, None) == (None, [])
+    assert node.ctx.storage.fetch_timestamp_messages(User(uaid=uaid), None) == (None, [])
 
 
 def test_shutdown_close_gives_up_what_was_not_stored(node: Node) -> None:
@@ -720,18 +716,20 @@ def test_shutdown_close_gives_up_what_was_not_stored(node: Node) -> None:
 
 
 class DateClock:
+    """Unix time from a settable local date, as storage clocks are."""
+
     def __init__(self, now: dt.datetime) -> None:
         self.now = now
 
-    def __call__(self) -> dt.datetime:
-        return self.now
+    def __call__(self) -> float:
+        return self.now.timestamp()
 
 
 @pytest.fixture
 def rotation(make_settings, table_prefix):
     clock = DateClock(dt.datetime(2026, 3, 10, 12))
     storage = create_storage(make_settings(AUTOPUSH_TABLE_ROTATION="true"), RecordingMetrics(), clock=clock)
-    storage.setup()
+    storage.set_up()
     return storage, f"{table_prefix}_message"
 
 
@@ -740,7 +738,7 @@ def test_152_new_user_gets_current_month(rotation, keys) -> None:
     client = Node(storage, keys).client()
     uaid = client.hello()["uaid"]
     client.register(chid())
-    user = storage.router.get_user(uaid)
+    user = storage.get_user(uaid)
     assert user.current_month == f"{prefix}_2026_03"
     assert str(user.last_connect).startswith("20260312")
 
@@ -749,7 +747,7 @@ def test_153_last_month_user_is_migrated(rotation, keys) -> None:
     storage, prefix = rotation
     old_table = f"{prefix}_2026_02"
     uaid, channel_id = uuid.uuid4().hex, chid()
-    storage.router.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=old_table,
+    storage.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=old_table,
                                  last_connect=202602010003))
     storage.messages(old_table).add_channel(uaid, channel_id)
     node = Node(storage, keys, clock=FakeClock(dt.datetime(2026, 3, 10, 12).timestamp()))
@@ -760,19 +758,19 @@ def test_153_last_month_user_is_migrated(rotation, keys) -> None:
     [notification] = client.notifications()
     assert notification["version"] == message.version
     client.ack(notification)
-    user = storage.router.get_user(uaid)
+    user = storage.get_user(uaid)
     assert user.current_month == f"{prefix}_2026_03"
     assert str(user.last_connect).startswith("202603")
     assert storage.messages(f"{prefix}_2026_03").get_channels(uaid) == [channel_id]
-    assert client.session.message_table == f"{prefix}_2026_03"
+    assert client.session.user.current_month == f"{prefix}_2026_03"
 
 
 def test_154_unknown_month_is_dropped(rotation, keys) -> None:
     storage, prefix = rotation
     uaid = uuid.uuid4().hex
-    storage.router.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=f"{prefix}_2025_01"))
+    storage.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=f"{prefix}_2025_01"))
     assert Node(storage, keys).client().hello(uaid)["uaid"] != uaid
-    assert storage.router.get_user(uaid) is None
+    assert storage.get_user(uaid) is None
 
 
 def test_23_ping_timeout_closes_1011(node: Node) -> None:
@@ -790,7 +788,7 @@ def test_153_message_stored_in_the_old_table_during_migration_is_carried_over(ro
     storage, prefix = rotation
     old_table, new_table = f"{prefix}_2026_02", f"{prefix}_2026_03"
     uaid, channel_id = uuid.uuid4().hex, chid()
-    storage.router.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=old_table,
+    storage.add_user(User(uaid=uaid, connected_at=1, record_version=1, current_month=old_table,
                                  last_connect=202602010003))
     storage.messages(old_table).add_channel(uaid, channel_id)
     node = Node(storage, keys, clock=FakeClock(dt.datetime(2026, 3, 10, 12).timestamp()))
@@ -798,18 +796,17 @@ def test_153_message_stored_in_the_old_table_during_migration_is_carried_over(ro
     storage.messages(old_table).save_message(uaid, first)
     late = make_notification(node, uaid, channel_id)
     client = node.client()
-    perform = client.perform
+    repoint = storage.router.update_message_month
 
-    def endpoint_races_the_switch(effect):
-        if isinstance(effect, Db) and effect.name == "update_message_month":
-            storage.messages(old_table).save_message(uaid, late)  # read current_month before the switch
-        return perform(effect)
+    def endpoint_races_the_switch(*args):
+        storage.messages(old_table).save_message(uaid, late)  # read current_month before the switch
+        return repoint(*args)
 
-    client.perform = endpoint_races_the_switch
+    storage.router.update_message_month = endpoint_races_the_switch
     client.hello(uaid)
     [delivered] = client.notifications()
     client.ack(delivered)
-    assert storage.router.get_user(uaid).current_month == new_table
+    assert storage.get_user(uaid).current_month == new_table
     assert client.notifications()[-1]["version"] == late.version
     assert [m.version for m in storage.messages(new_table).fetch_timestamp_messages(uaid, None)[1]] == [
         late.version

@@ -29,6 +29,7 @@ from typing import Any
 import requests
 import websocket
 
+from autopush_flask.db import User
 from tests.support.processes import free_port_range, wait_for_port
 from tests.support.stack import Stack
 
@@ -537,7 +538,7 @@ def listed_versions(stack_storage: Any, uaid: str) -> set[str]:
     versions: set[str] = set()
     bookmark = None
     for _ in range(100):
-        high, messages = stack_storage.messages().fetch_timestamp_messages(uaid, bookmark, limit=500)
+        high, messages = stack_storage.fetch_timestamp_messages(User(uaid=uaid), bookmark, limit=500)
         if not messages:
             break
         versions.update(m.version for m in messages)

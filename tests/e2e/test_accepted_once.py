@@ -159,7 +159,7 @@ def test_term_of_a_connection_worker_mid_stream_gives_each_payload_one_version(
             client.start()
         pusher = Pusher(clients, 300, interval=0.01, label="term").start()
         pusher.wait_for(100)
-        nodes = [stack.storage.router.get_user(c.uaid).node_id for c in clients]
+        nodes = [stack.storage.get_user(c.uaid).node_id for c in clients]
         victim_node = max(set(nodes), key=nodes.count)
         victim = pid_listening_on(port_of(victim_node), children(stack.connection.process.pid))
         os.kill(victim, signal.SIGTERM)  # graceful: unacked notifications are kept, clients closed 1012

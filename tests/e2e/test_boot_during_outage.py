@@ -101,7 +101,7 @@ def test_workers_replaced_while_the_store_is_down_keep_their_masters_up(tmp_path
             except websocket.WebSocketBadStatusException:
                 return False  # this worker's set-up has not caught up with the store yet
             if again.hello(uaid).get("status") == 200:
-                nodes_seen.add(stack.storage.router.get_user(uaid).node_id)
+                nodes_seen.add(stack.storage.get_user(uaid).node_id)
                 notifications(again, wait=0.2)
             again.close()
             return len(nodes_seen) == 2
@@ -125,13 +125,13 @@ def test_set_up_finishes_in_the_background_once_the_store_appears(make_settings,
         storage = node_services.storage
         assert node_services.storage_ready() is False
         with pytest.raises(StorageUnavailable):
-            storage.router.get_user("a" * 32)
+            storage.get_user("a" * 32)
         database.start()
         started = time.monotonic()
         wait_until(node_services.storage_ready, BACK_WITHIN_SECONDS, what="the background set-up")
         assert storage.admin.describe(f"{table_prefix}_router") is not None
         assert storage.admin.describe(f"{table_prefix}_message") is not None
-        assert storage.router.get_user("a" * 32) is None  # item calls go through now
+        assert storage.get_user("a" * 32) is None  # item calls go through now
         report(f"background-setup: ready_after={time.monotonic() - started:.2f}s tables_created=2")
     finally:
         database.stop()

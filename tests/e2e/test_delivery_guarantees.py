@@ -23,7 +23,7 @@ import pytest
 
 from autopush_flask.config import CONNECTION, load_settings
 from autopush_flask.crypto import CryptoKeys, MessageId
-from autopush_flask.db import Notification, Storage, create_storage
+from autopush_flask.db import Notification, Storage, User, create_storage
 from autopush_flask.logging import Redactor, uaid_hash_key
 from autopush_flask.metrics import NullMetrics
 from tests.e2e.faults_support import report
@@ -62,7 +62,7 @@ class Node:
         return client, uaid, channel_id
 
     def node_id(self, uaid: str) -> str:
-        return self.storage.router.get_user(uaid).node_id
+        return self.storage.get_user(uaid).node_id
 
     def log_lines(self) -> list[dict]:
         """The JSON log lines' fields (gunicorn's own plain lines are skipped)."""
@@ -174,17 +174,17 @@ def test_a_message_written_after_a_later_stamped_one_was_acked_is_delivered(node
     time.sleep(0.05)
     b = Notification(channel_id=channel_id, version="message-b", ttl=600, timestamp=int(time.time()),
                      sortkey_timestamp=int(time.time() * 1_000_000))
-    node.storage.messages().save_message(uaid, b)
+    node.storage.save_message(User(uaid=uaid), b)
     assert router.put(f"{node_id}/notif/{uaid}", timeout=5).status_code == 200
     [got_b] = notifications(client)
     client.ack(got_b)
     time.sleep(0.3)  # the ack's delete and the drain's end
     a = Notification(channel_id=channel_id, version="message-a", ttl=600, timestamp=int(time.time()),
                      sortkey_timestamp=stamp_a)
-    node.storage.messages().save_message(uaid, a)  # A's write lands late
+    node.storage.save_message(User(uaid=uaid), a)  # A's write lands late
     assert router.put(f"{node_id}/notif/{uaid}", timeout=5).status_code == 200
     received = [n["version"] for n in notifications(client)]
-    bookmark, _ = node.storage.messages().fetch_topic_messages(uaid)
+    bookmark, _ = node.storage.fetch_topic_messages(User(uaid=uaid))
     assert received == ["message-a"], f"bookmark={bookmark} A={stamp_a} B={b.sortkey_timestamp}"
     client.close()
     report(f"bookmark-race: late_by_stamp={(b.sortkey_timestamp - stamp_a) / 1000:.0f}ms delivered=1 "
@@ -338,7 +338,7 @@ def test_graceful_stop_under_a_slow_store_counts_and_logs_what_it_could_not_stor
 
         stored = set()
         for uaid in set(pushed.values()):
-            stored |= {m.version for m in node.storage.messages().fetch_timestamp_messages(uaid, None, limit=50)[1]}
+            stored |= {m.version for m in node.storage.fetch_timestamp_messages(User(uaid=uaid), None, limit=50)[1]}
         given_up_lines = [f for f in node.log_lines() if f["message"] == "storage write given up"]
         logged_ids = [i for f in given_up_lines for i in f["message_ids"]]
         redactor = Redactor(uaid_hash_key(KEYS))

@@ -84,7 +84,7 @@ def test_sigkill_of_the_worker_holding_an_unacked_message_loses_nothing(dynalite
         unacked = location_id(push(endpoint, b"unacked"))
         assert [n["version"] for n in notifications(client, wait=0.5, ack=False)] == [unacked]
         assert [m.version for m in stored(stack, uaid)] == [unacked]
-        node_id = stack.storage.router.get_user(uaid).node_id
+        node_id = stack.storage.get_user(uaid).node_id
         victim = pid_listening_on(port_of(node_id), children(stack.connection.process.pid))
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -110,7 +110,7 @@ def test_durable_mode_off_loses_the_unacked_message_to_a_sigkill(dynalite, tmp_p
         unacked = location_id(push(endpoint, b"unacked"))
         assert [n["version"] for n in notifications(client, wait=0.5, ack=False)] == [unacked]
         assert stored(stack, uaid) == []  # only the worker's memory holds it
-        node_id = stack.storage.router.get_user(uaid).node_id
+        node_id = stack.storage.get_user(uaid).node_id
         os.kill(pid_listening_on(port_of(node_id), children(stack.connection.process.pid)), signal.SIGKILL)
         assert client.close_code() is None
         again = stack.client()

@@ -22,6 +22,7 @@ import pytest
 from pywebpush import WebPushException
 
 from autopush_flask.crypto import CryptoKeys, EndpointToken, parse_endpoint_token
+from autopush_flask.db import User
 from tests.e2e.firefox_support import (
     BrowserSubscription,
     Firefox,
@@ -121,7 +122,7 @@ def test_firefox_receives_push_while_online(firefox, pages, stack, app_server, c
     browser = firefox()
     subscription = subscribe(browser, pages, stack, app_server)
     uaid = endpoint_token(stack, subscription).uaid.hex
-    assert stack.storage.router.get_user(uaid).node_id, "Firefox is not connected to the node"
+    assert stack.storage.get_user(uaid).node_id, "Firefox is not connected to the node"
 
     plaintext = f"online {uuid.uuid4()}"
     assert app_server.push(subscription, plaintext).status_code == 201
@@ -139,7 +140,7 @@ def test_firefox_gets_push_sent_while_closed_after_restart(firefox, pages, stack
     browser = firefox()
     subscription = subscribe(browser, pages, stack, app_server)
     uaid = endpoint_token(stack, subscription).uaid.hex
-    connected_before = stack.storage.router.get_user(uaid).connected_at
+    connected_before = stack.storage.get_user(uaid).connected_at
     browser.close()
     assert profile_uaid(browser.profile) == uaid, "Firefox did not keep the UAID in its profile"
 
@@ -155,7 +156,7 @@ def test_firefox_gets_push_sent_while_closed_after_restart(firefox, pages, stack
     assert texts == [plaintext], f"page read {received}\n{restarted.log()}"
     assert restarted.call("current")["endpoint"] == subscription.endpoint
 
-    user = stack.storage.router.get_user(uaid)
+    user = stack.storage.get_user(uaid)
     assert user is not None and user.node_id, "the same UAID is not connected after the restart"
     assert user.connected_at > connected_before
     assert wait_for(lambda: stored_messages(stack, uaid) == 0, 10), "the stored message was not acked"
@@ -175,7 +176,7 @@ def test_firefox_unsubscribe_makes_endpoint_gone(firefox, pages, stack, app_serv
 
     assert browser.call("unsubscribe") is True
     assert browser.call("current") is None
-    assert wait_for(lambda: channel_id not in stack.storage.messages().get_channels(uaid), 10), \
+    assert wait_for(lambda: channel_id not in stack.storage.get_channels(User(uaid=uaid)), 10), \
         "the node never saw the unregister"
     status, errno = push_answer(app_server, subscription, "after unsubscribe")
     # The error response sits in a reference cycle holding a keep-alive socket,

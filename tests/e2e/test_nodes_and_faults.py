@@ -87,7 +87,7 @@ def connect_clients(running: Running, url: str, count: int = CLIENTS, **options)
 
 
 def node_ids(stack_storage, clients: list[StreamClient]) -> list[str | None]:
-    return [stack_storage.router.get_user(c.uaid).node_id for c in clients]
+    return [stack_storage.get_user(c.uaid).node_id for c in clients]
 
 
 def router_urls(base: int, workers: int) -> set[str]:
@@ -135,7 +135,7 @@ def test_two_connection_nodes_client_moves_between_them(dynalite, tmp_path: Path
             # The new node's hello sent DELETE /notif to the old node, which closed the stale session.
             wait_until(lambda: len(client.stale_close_codes) >= closes, 10, what="stale session closed")
             assert client.stale_close_codes == [1000] * closes
-            assert stack.storage.router.get_user(client.uaid).node_id in routers
+            assert stack.storage.get_user(client.uaid).node_id in routers
             time.sleep(0.05)
 
     pusher.join()
@@ -402,8 +402,8 @@ def test_push_stored_after_a_later_stamped_one_was_acked_is_still_delivered(
     endpoint = first.register(str(uuid4()))["pushEndpoint"]
     first.close()
     time.sleep(0.2)
-    connected_at = stack.storage.router.get_user(uaid).connected_at + 1
-    assert stack.storage.router.update_user(User(uaid=uaid, node_id=slow_node.url, connected_at=connected_at))[0]
+    connected_at = stack.storage.get_user(uaid).connected_at + 1
+    assert stack.storage.claim_user(User(uaid=uaid), slow_node.url, connected_at)[0]
     held, release = threading.Event(), threading.Event()
 
     def hold_first_push(path: str) -> None:
@@ -458,8 +458,8 @@ def test_push_stored_after_a_later_stamped_one_was_acked_is_still_delivered(
         pass
     again.close()
     # The cause, for the failure message: A is in storage, below the bookmark B's drain wrote.
-    bookmark, _ = stack.storage.messages().fetch_topic_messages(uaid)
-    _, stored = stack.storage.messages().fetch_timestamp_messages(uaid, None, limit=100)
+    bookmark, _ = stack.storage.fetch_topic_messages(User(uaid=uaid))
+    _, stored = stack.storage.fetch_timestamp_messages(User(uaid=uaid), None, limit=100)
     stamps = {m.version: m.sortkey_timestamp for m in stored}
     assert version in received, (
         f"accepted (201) push never delivered: stored={version in stamps} sortkey={stamps.get(version)} "

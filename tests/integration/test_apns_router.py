@@ -116,11 +116,11 @@ def bare_router(make_settings, token_channel: dict) -> Iterator[ApnsRouter]:
 def register(storage: Storage, router_data: dict) -> User:
     """A bridged record as the registration API writes it, read back from dynalite."""
     uaid = uuid.uuid4().hex
-    assert storage.router.add_user(User(
+    assert storage.add_user(User(
         uaid=uaid, router_type="apns", router_data=router_data,
         connected_at=int(time.time() * 1000), record_version=1,
     ))
-    return storage.router.get_user(uaid)
+    return storage.get_user(uaid)
 
 
 def registered(storage: Storage, router: ApnsRouter, body: dict | None = None, channel: str = "firefox") -> User:
@@ -187,7 +187,7 @@ def test_146_apns_410_deletes_the_record_and_answers_410_106(router, storage, me
     fake.script(Reply(410, "Unregistered"))
     error = push_error(router, user)
     assert (error.status, error.errno) == (410, 106)
-    assert storage.router.get_user(user.uaid) is None
+    assert storage.get_user(user.uaid) is None
     assert len(fake.requests) == 1
     assert bridge_errors(metrics) == [("apns", "firefox", "unregistered", "410", "106")]
     assert [c.tags for c in metrics.find("updates.drop_user")] == [{"errno": "106"}]
@@ -198,7 +198,7 @@ def test_bad_device_token_is_device_gone_too(router, storage, metrics, fake) -> 
     fake.script(Reply(400, "BadDeviceToken"))
     error = push_error(router, user)
     assert (error.status, error.errno) == (410, 106)
-    assert storage.router.get_user(user.uaid) is None
+    assert storage.get_user(user.uaid) is None
     assert bridge_errors(metrics) == [("apns", "firefox", "unregistered", "410", "106")]
 
 
@@ -214,7 +214,7 @@ def test_other_apns_errors_are_502_with_the_reason_as_metric(
     fake.script(answer)
     error = push_error(router, user)
     assert (error.status, error.errno, error.message) == (502, None, f"APNs error, {reason}")
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
     assert bridge_errors(metrics) == [("apns", "firefox", reason, "502", "None")]
     assert metrics.find("notification.bridge.sent") == []
 
@@ -385,7 +385,7 @@ def test_timeout_is_502_903(make_router, storage, metrics, fake, token_channel) 
     assert (error.status, error.errno) == (502, 903)
     assert len(fake.requests) == 1  # a timeout is not retried
     assert bridge_errors(metrics) == [("apns", "firefox", "timeout", "502", "903")]
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
 
 
 def test_connection_closed_by_apns_is_retried_once_and_delivered(router, storage, metrics, fake) -> None:
@@ -423,7 +423,7 @@ def test_record_for_an_unconfigured_channel_is_400(router, storage, metrics, fak
     error = push_error(router, user)
     assert (error.status, error.errno, error.message) == (400, None, "Unknown release channel")
     assert fake.requests == []
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
     assert bridge_errors(metrics) == [("apns", "nightly", "invalid_channel", "400", "None")]
 
 

@@ -24,7 +24,7 @@ from cryptography.fernet import Fernet
 
 from autopush_flask.crypto import CryptoKeys, make_endpoint_url
 from autopush_flask.db import Storage, User, create_storage
-from autopush_flask.db.rotation import month_shift, monthly_table_name
+from autopush_flask.db.dynamodb.rotation import month_shift, monthly_table_name
 from autopush_flask.metrics import NullMetrics
 from tests.support.processes import ROOT, LocalDynamoDB, free_port
 
@@ -107,7 +107,7 @@ def test_155_creates_next_month_with_this_months_capacity_and_a_second_run_chang
 
     assert_ok(first)
     assert lines(first) == [
-        f"{table_prefix}_router: created (5/5)",
+        f"{table_prefix}_router: created (5/5), TTL unsupported by this DynamoDB",
         f"{this_month}: exists, ACTIVE, capacity 7/3, TTL unsupported by this DynamoDB",
         f"{next_month}: created (7/3), TTL unsupported by this DynamoDB",
     ]
@@ -182,7 +182,7 @@ def test_single_table_mode_ensures_and_reports_router_and_message_tables(
     first = run(FLASK, "maintain-tables")
     assert_ok(first)
     assert lines(first) == [
-        f"{table_prefix}_router: created (5/5)",
+        f"{table_prefix}_router: created (5/5), TTL unsupported by this DynamoDB",
         f"{table_prefix}_message: created (5/5), TTL unsupported by this DynamoDB",
     ]
 
@@ -190,7 +190,7 @@ def test_single_table_mode_ensures_and_reports_router_and_message_tables(
 
     assert_ok(second)
     assert lines(second) == [
-        f"{table_prefix}_router: exists, ACTIVE, capacity 5/5",
+        f"{table_prefix}_router: exists, ACTIVE, capacity 5/5, TTL unsupported by this DynamoDB",
         f"{table_prefix}_message: exists, ACTIVE, capacity 5/5, TTL unsupported by this DynamoDB",
     ]
 
@@ -213,7 +213,7 @@ def test_156_a_table_that_cannot_be_created_exits_non_zero_with_one_line(run: Ru
     result = run(FLASK, "maintain-tables", AUTOPUSH_MESSAGE_TABLE=f"{table_prefix} bad name")
 
     assert result.returncode == 1
-    assert lines(result) == [f"{table_prefix}_router: created (5/5)"]
+    assert lines(result) == [f"{table_prefix}_router: created (5/5), TTL unsupported by this DynamoDB"]
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith("maintain-tables: DynamoDB at http://127.0.0.1:")
     assert "ValidationException" in result.stderr
@@ -254,10 +254,10 @@ def test_generate_keys_prints_two_fresh_fernet_keys(run: Run, command: tuple[str
 def registered(make_settings) -> tuple[Storage, uuid.UUID, uuid.UUID]:
     """A webpush user with one channel in single-table storage."""
     storage = make_storage(make_settings)
-    storage.setup()
+    storage.set_up()
     uaid, chid = uuid.uuid4(), uuid.uuid4()
-    storage.router.add_user(User(uaid=uaid.hex, connected_at=1_700_000_000_000, record_version=1))
-    storage.messages().add_channel(uaid.hex, str(chid))
+    storage.add_user(User(uaid=uaid.hex, connected_at=1_700_000_000_000, record_version=1))
+    storage.add_channel(User(uaid=uaid.hex), str(chid))
     return storage, uaid, chid
 
 
@@ -277,10 +277,12 @@ def test_endpoint_diagnostic_of_a_v1_endpoint(run: Run, make_settings, registere
     assert not any(line.startswith("Key hash") for line in output)
     record_start, record_end = output.index("Router record: {"), output.index("}")
     record = json.loads("".join(["{", *output[record_start + 1 : record_end + 1]]))
+    expiry = record.pop("expiry")
     assert record == {
         "uaid": uaid.hex, "router_type": "webpush", "connected_at": 1_700_000_000_000, "record_version": 1
     }
-    assert output[-2:] == [f"Channels in {table_prefix}_message: {chid}", "CHID registered: yes"]
+    assert abs(expiry - (time.time() + 60 * 24 * 3600)) < 600  # AUTOPUSH_ROUTER_TTL_DAYS
+    assert output[-2:] == [f"Channels: {chid}", "CHID registered: yes"]
 
 
 def test_endpoint_diagnostic_of_a_v2_endpoint_prints_the_key_hash(run: Run, make_settings, registered) -> None:
@@ -315,7 +317,7 @@ def test_endpoint_diagnostic_of_a_url_that_is_no_endpoint(run: Run) -> None:
 
 
 def test_endpoint_diagnostic_of_a_uaid_without_record_says_not_found(run: Run, make_settings) -> None:
-    make_storage(make_settings).setup()
+    make_storage(make_settings).set_up()
     uaid, chid = uuid.uuid4(), uuid.uuid4()
 
     result = run(FLASK, "endpoint-diagnostic", endpoint(make_settings, uaid, chid))
@@ -337,7 +339,7 @@ def test_drop_user_deletes_a_router_record_given_in_any_uuid_spelling(run: Run, 
 
     assert_ok(dropped)
     assert lines(dropped) == [f"{uaid.hex}: router record dropped"]
-    assert storage.router.get_user(uaid.hex) is None
+    assert storage.get_user(uaid.hex) is None
     assert_ok(again)
     assert lines(again) == [f"{uaid.hex}: no router record (nothing dropped)"]
     assert invalid.returncode == 2

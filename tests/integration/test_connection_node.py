@@ -18,7 +18,7 @@ import websocket
 
 from autopush_flask.config import CONNECTION, load_settings
 from autopush_flask.crypto import CryptoKeys
-from autopush_flask.db import Notification, create_storage
+from autopush_flask.db import Notification, User, create_storage
 from autopush_flask.metrics import NullMetrics
 from tests.support.processes import GunicornNode, free_port_range
 from tests.support.push_client import PushClient
@@ -67,7 +67,7 @@ class Cluster:
         return client, uaid, channel_id
 
     def node_id(self, uaid: str) -> str:
-        return self.storage.router.get_user(uaid).node_id
+        return self.storage.get_user(uaid).node_id
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_63_notif_statuses(cluster: Cluster) -> None:
     assert router.put(f"{other}/notif/{uaid}", timeout=5).status_code == 404
     message = Notification(channel_id=channel_id, version="stored-1", ttl=60, timestamp=int(time.time()),
                            sortkey_timestamp=int(time.time() * 1e6))
-    cluster.storage.messages().save_message(uaid, message)
+    cluster.storage.save_message(User(uaid=uaid), message)
     response = router.put(f"{node_id}/notif/{uaid}", timeout=5)
     assert (response.status_code, response.text) == (200, "Notification check started")
     notification = client.receive()
@@ -148,7 +148,7 @@ def test_63_notif_statuses(cluster: Cluster) -> None:
 
 def test_64_delete_notif_closes_only_the_exact_session(cluster: Cluster) -> None:
     client, uaid, _ = cluster.registered()
-    user = cluster.storage.router.get_user(uaid)
+    user = cluster.storage.get_user(uaid)
     response = router.delete(f"{user.node_id}/notif/{uaid}/{user.connected_at - 1}", timeout=5)
     assert (response.status_code, response.text) == (200, "")
     client.send({})
@@ -296,13 +296,13 @@ def test_graceful_stop_stores_unacked_notifications_and_closes_1012(dynalite, ta
         uaid = client.hello()["uaid"]
         channel_id = str(uuid.uuid4())
         client.register(channel_id)
-        node_id = storage.router.get_user(uaid).node_id
+        node_id = storage.get_user(uaid).node_id
         assert router.put(f"{node_id}/push/{uaid}", json=push_body(channel_id, "unacked"), timeout=5).status_code == 200
         assert client.receive()["version"] == "unacked"
         node.signal(signal.SIGTERM)
         assert client.close_code() == 1012
         node.process.wait(timeout=20)
-        _, stored = storage.messages().fetch_timestamp_messages(uaid, None)
+        _, stored = storage.fetch_timestamp_messages(User(uaid=uaid), None)
         assert [m.version for m in stored] == ["unacked"]
     finally:
         node.stop()

@@ -275,7 +275,7 @@ def test_78_81_89_91_accepted_headers(stack: Stack, headers: dict, body: bytes, 
 
 def test_92_no_router_record(stack: Stack) -> None:
     client, subscription, _ = subscribe(stack)
-    stack.storage.router.drop_user(client.uaid)
+    stack.storage.drop_user(client.uaid)
     response = post(subscription.endpoint)
     assert_error(response, 410, 103)
     assert response.headers["Cache-Control"] == "max-age=86400"
@@ -296,7 +296,7 @@ def test_94_95_invalid_router_types_are_dropped(stack: Stack, router_type: str) 
         UpdateExpression="SET router_type = :t", ExpressionAttributeValues={":t": {"S": router_type}},
     )
     assert_error(post(subscription.endpoint), 410, 106)
-    assert stack.storage.router.get_user(client.uaid) is None
+    assert stack.storage.get_user(client.uaid) is None
 
 
 # ---- VAPID (96–110) -----------------------------------------------------------
@@ -368,11 +368,11 @@ def test_113_unreachable_node_is_forgotten_and_message_stored(stack: Stack) -> N
     uaid = client.uaid
     client.close()
     time.sleep(0.2)
-    user = stack.storage.router.get_user(uaid)
+    user = stack.storage.get_user(uaid)
     dead = f"http://127.0.0.1:{free_port()}"
-    stack.storage.router.update_user(User(uaid=uaid, node_id=dead, connected_at=user.connected_at + 1))
+    stack.storage.claim_user(User(uaid=uaid), dead, user.connected_at + 1)
     assert post(subscription.endpoint).status_code == 201
-    assert stack.storage.router.get_user(uaid).node_id is None
+    assert stack.storage.get_user(uaid).node_id is None
     assert len(message_items(stack, uaid)) == 1
 
 

@@ -40,13 +40,13 @@ def offline_subscription(stack: Stack) -> tuple[str, str, str]:
 
 def point_at(stack: Stack, uaid: str, node_url: str) -> int:
     """Make the record say the browser is connected to ``node_url``; returns connected_at."""
-    connected_at = stack.storage.router.get_user(uaid).connected_at + 1
-    assert stack.storage.router.update_user(User(uaid=uaid, node_id=node_url, connected_at=connected_at))[0]
+    connected_at = stack.storage.get_user(uaid).connected_at + 1
+    assert stack.storage.claim_user(User(uaid=uaid), node_url, connected_at)[0]
     return connected_at
 
 
 def stored_versions(stack: Stack, uaid: str) -> list[str]:
-    return [m.version for m in stack.storage.messages().fetch_timestamp_messages(uaid, None)[1]]
+    return [m.version for m in stack.storage.fetch_timestamp_messages(User(uaid=uaid), None)[1]]
 
 
 def push(endpoint: str) -> requests.Response:
@@ -65,7 +65,7 @@ def test_112_115_busy_node_means_store_and_notify(stack: Stack, fake_node: FakeN
     assert response.status_code == 201
     assert stored_versions(stack, uaid) == [location_id(response)]
     assert fake_node.paths() == [f"/push/{uaid}", f"/notif/{uaid}"]
-    assert stack.storage.router.get_user(uaid).node_id == fake_node.url
+    assert stack.storage.get_user(uaid).node_id == fake_node.url
 
 
 def test_113_dropped_connection_forgets_the_node(stack: Stack, fake_node: FakeNode) -> None:
@@ -74,7 +74,7 @@ def test_113_dropped_connection_forgets_the_node(stack: Stack, fake_node: FakeNo
     fake_node.answers["/push"] = ABORT
     response = push(endpoint)
     assert response.status_code == 201
-    assert stack.storage.router.get_user(uaid).node_id is None
+    assert stack.storage.get_user(uaid).node_id is None
     assert stored_versions(stack, uaid) == [location_id(response)]
 
 
@@ -84,13 +84,13 @@ def test_114_node_id_kept_when_the_client_reconnected_meanwhile(stack: Stack, fa
 
     def reconnect(path: str) -> None:
         if path.startswith("/push"):
-            stack.storage.router.update_user(User(uaid=uaid, node_id=fake_node.url, connected_at=connected_at + 5))
+            stack.storage.claim_user(User(uaid=uaid), fake_node.url, connected_at + 5)
 
     fake_node.before_answer = reconnect
     fake_node.answers["/push"] = ABORT
     response = push(endpoint)
     assert response.status_code == 201
-    user = stack.storage.router.get_user(uaid)
+    user = stack.storage.get_user(uaid)
     assert (user.node_id, user.connected_at) == (fake_node.url, connected_at + 5)
     assert stored_versions(stack, uaid) == [location_id(response)]
     assert fake_node.paths()[-1] == f"/notif/{uaid}"  # the re-read found the new connection
@@ -99,7 +99,7 @@ def test_114_node_id_kept_when_the_client_reconnected_meanwhile(stack: Stack, fa
 def test_116_record_deleted_between_store_and_reread(stack: Stack, fake_node: FakeNode) -> None:
     uaid, _, endpoint = offline_subscription(stack)
     point_at(stack, uaid, fake_node.url)
-    fake_node.before_answer = lambda path: stack.storage.router.drop_user(uaid)
+    fake_node.before_answer = lambda path: stack.storage.drop_user(uaid)
     fake_node.answers["/push"] = 503
     response = push(endpoint)
     assert response.status_code == 410

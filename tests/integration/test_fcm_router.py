@@ -94,8 +94,8 @@ def fcm_user(storage: Storage, router_data: dict[str, Any]) -> User:
         uaid=uuid.uuid4().hex, router_type="fcm", connected_at=int(time.time() * 1000),
         router_data=router_data, record_version=1,
     )
-    assert storage.router.add_user(user)
-    return storage.router.get_user(user.uaid)
+    assert storage.add_user(user)
+    return storage.get_user(user.uaid)
 
 
 def notification(ttl: int = 3600, body: bytes | None = None, headers: dict[str, str] | None = None) -> Notification:
@@ -265,7 +265,7 @@ def test_143_device_gone_deletes_record_and_answers_410_106(
 
     assert push_error(router, user, notification()) == (410, 106, "No such subscription")
 
-    assert storage.router.get_user(user.uaid) is None
+    assert storage.get_user(user.uaid) is None
     assert len(fake_fcm.messages) == 1
     assert bridge_errors(metrics) == [error_tags("unregistered", 410, 106)]
     assert [c.tags for c in metrics.find("updates.drop_user")] == [{"errno": "106"}]
@@ -287,7 +287,7 @@ def test_144_fcm_401_is_502_901(
     assert push_error(router, user, notification()) == (502, 901, "Bridge authentication failed")
 
     assert len(fake_fcm.messages) == 1  # not re-sent: the token did not expire
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
     assert bridge_errors(metrics) == [error_tags("authentication", 502, 901)]
 
 
@@ -372,7 +372,7 @@ def test_error_object_is_502_with_upstream_reason(
 
     assert push_error(router, user, notification()) == (502, None, "Bridge reported an error")
 
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
     assert bridge_errors(metrics) == [error_tags(reason, 502, None)]
 
 
@@ -406,7 +406,7 @@ def test_error_without_error_object_is_502(
     assert push_error(router, user, notification()) == (502, None, "Invalid response from bridge")
 
     assert len(fake_fcm.messages) == 1  # no retry of 502/503
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
     assert bridge_errors(metrics) == [error_tags("invalid_response", 502, None)]
 
 
@@ -451,7 +451,7 @@ def test_record_with_unconfigured_app_id_is_400_106(
 
     assert push_error(router, user, notification()) == (400, 106, "Unknown FCM app id")
 
-    assert storage.router.get_user(user.uaid) == user
+    assert storage.get_user(user.uaid) == user
     assert (fake_fcm.token_requests, fake_fcm.messages) == ([], [])
     assert bridge_errors(metrics) == [error_tags("invalid_app_id", 400, 106, app_id="other-app")]
 

@@ -24,10 +24,10 @@ def test_local_dynamodb_persists_with_path(tmp_path: Path) -> None:
     database.start()
     settings = load_settings(ENDPOINT, {"AUTOPUSH_DDB_ENDPOINT": database.url}, require_crypto_keys=False)
     try:
-        assert create_storage(settings, NullMetrics()).setup() == ["router", "message"]
+        assert create_storage(settings, NullMetrics()).set_up() == ["router", "message"]
         database.stop()
         database.start()
-        assert create_storage(settings, NullMetrics()).setup() == []
+        assert create_storage(settings, NullMetrics()).set_up() == []
     finally:
         database.stop()
 
@@ -37,10 +37,10 @@ def test_local_dynamodb_without_path_is_in_memory() -> None:
     database.start()
     settings = load_settings(ENDPOINT, {"AUTOPUSH_DDB_ENDPOINT": database.url}, require_crypto_keys=False)
     try:
-        create_storage(settings, NullMetrics()).setup()
+        create_storage(settings, NullMetrics()).set_up()
         database.stop()
         database.start()
-        assert create_storage(settings, NullMetrics()).setup() == ["router", "message"]
+        assert create_storage(settings, NullMetrics()).set_up() == ["router", "message"]
     finally:
         database.stop()
 

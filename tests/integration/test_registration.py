@@ -88,7 +88,7 @@ def test_128_129_new_registration(stack: Stack) -> None:
     assert str(uuid.UUID(reply["channelID"])) == reply["channelID"]
     assert reply["endpoint"].startswith(f"{stack.endpoint_url}/wpush/v1/")
     assert reply["secret"] == make_bridge_secret(AUTH_KEYS[0], uuid.UUID(reply["uaid"]).hex)
-    user = stack.storage.router.get_user(uuid.UUID(reply["uaid"]).hex)
+    user = stack.storage.get_user(uuid.UUID(reply["uaid"]).hex)
     assert (user.router_type, user.router_data, user.node_id) == (
         "fcm", {"token": "device-token-1", "app_id": FCM_APP}, None)
 
@@ -155,7 +155,7 @@ def test_139_token_update(stack: Stack) -> None:
     base = url(stack, f"fcm/{FCM_APP}/registration/{reply['uaid']}")
     response = requests.put(base, json={"token": "newtoken99"}, headers=auth(reply["secret"]), timeout=10)
     assert (response.status_code, response.json()) == (200, {})
-    user = stack.storage.router.get_user(uuid.UUID(reply["uaid"]).hex)
+    user = stack.storage.get_user(uuid.UUID(reply["uaid"]).hex)
     assert user.router_data["token"] == "newtoken99"
     assert_error(requests.put(base, json={"token": "x"}, headers=auth(reply["secret"]), timeout=10), 400, None)
 
@@ -206,7 +206,7 @@ def test_143_fcm_unregistered_deletes_the_record(stack: Stack, fakes) -> None:
     reply = registered(stack)
     fcm.script(FcmReply(404, {"error": {"status": "NOT_FOUND", "message": "gone"}}))
     assert_error(requests.post(reply["endpoint"], headers={"TTL": "60"}, timeout=10), 410, 106)
-    assert stack.storage.router.get_user(uuid.UUID(reply["uaid"]).hex) is None
+    assert stack.storage.get_user(uuid.UUID(reply["uaid"]).hex) is None
 
 
 def test_145_oversize_fcm_payload(stack: Stack) -> None:
@@ -231,4 +231,4 @@ def test_146_apns_flow(stack: Stack, fakes) -> None:
     assert sent.headers["apns-topic"] == f"com.mozilla.org.{APNS_CHANNEL}"
     apns.script(Reply(410, "Unregistered"))
     assert_error(requests.post(reply["endpoint"], headers={"TTL": "60"}, timeout=10), 410, 106)
-    assert stack.storage.router.get_user(uuid.UUID(reply["uaid"]).hex) is None
+    assert stack.storage.get_user(uuid.UUID(reply["uaid"]).hex) is None

@@ -24,6 +24,7 @@ import requests
 import websocket
 
 from autopush_flask.connection.websocket import SEND_BUFFER_BYTES
+from autopush_flask.db import User
 from tests.support.push_client import PushClient
 from tests.support.stack import Stack
 from tests.support.webpush import AppServer, Subscription
@@ -213,9 +214,9 @@ def test_a_push_to_a_client_stuck_in_a_send_is_stored_at_once(start_stack) -> No
     assert AppServer().push(subscription, "while stuck").status_code == 201
     latency = time.monotonic() - started
     assert latency < 2.5, f"push answered after {latency:.2f} s"
-    _, stored = stack.storage.messages().fetch_timestamp_messages(uaid, None)
+    _, stored = stack.storage.fetch_timestamp_messages(User(uaid=uaid), None)
     assert len(stored) == 1
-    assert stack.storage.router.get_user(uaid).node_id, "the endpoint took the node for gone"
+    assert stack.storage.get_user(uaid).node_id, "the endpoint took the node for gone"
     print(f"\npush to a client stuck in a send stored after {latency:.2f} s")
 
 
@@ -233,7 +234,7 @@ def test_direct_notifications_beyond_the_unacked_cap_are_stored_not_lost(start_s
     statuses = [app_server.push(subscription, f"message {n}").status_code for n in range(pushes)]
     assert statuses == [201] * pushes
 
-    _, stored = stack.storage.messages().fetch_timestamp_messages(uaid, None)
+    _, stored = stack.storage.fetch_timestamp_messages(User(uaid=uaid), None)
     assert len(stored) == pushes - cap, f"{pushes - len(stored)} of {pushes} went direct (cap {cap})"
 
     received: dict[str, bytes] = {}

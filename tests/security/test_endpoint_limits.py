@@ -574,7 +574,7 @@ def test_device_token_with_a_lone_surrogate_is_refused(stack, kind: str, app: st
 def stored_bridge_endpoint(stack: Stack, router_type: str, router_data: dict) -> str:
     """A record written before registration checked its JSON (or by another server), and its endpoint."""
     uaid = uuid.uuid4()
-    assert stack.storage.router.add_user(User(uaid=uaid.hex, router_type=router_type, router_data=router_data,
+    assert stack.storage.add_user(User(uaid=uaid.hex, router_type=router_type, router_data=router_data,
                                               connected_at=int(time.time() * 1000), record_version=1))
     keys = CryptoKeys([stack.environ["AUTOPUSH_CRYPTO_KEYS"]])
     return make_endpoint_url(keys, stack.endpoint_url, uaid, uuid.uuid4(), None)

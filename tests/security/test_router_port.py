@@ -25,7 +25,7 @@ import websocket
 
 from autopush_flask.connection.app import create_connection_app
 from autopush_flask.crypto import CryptoKeys
-from autopush_flask.db import Notification
+from autopush_flask.db import Notification, User
 from autopush_flask.node_auth import RouterRequestKeys
 from tests.e2e.faults_support import children
 from tests.support.fake_apns import TestPki
@@ -99,7 +99,7 @@ def assert_quiet_and_connected(client: PushClient, seconds: float = QUIET_SECOND
 
 
 def stored_versions(stack: Stack, uaid: str) -> list[str]:
-    return [m.version for m in stack.storage.messages().fetch_timestamp_messages(uaid, None)[1]]
+    return [m.version for m in stack.storage.fetch_timestamp_messages(User(uaid=uaid), None)[1]]
 
 
 def push_via(origin: str, endpoint: str) -> requests.Response:
@@ -139,10 +139,10 @@ def read_status(sock: socket.socket, timeout: float = 5.0) -> int:
 
 def test_unsigned_forged_stale_tampered_and_replayed_requests_are_refused(stack: Stack, statsd: StatsdSink) -> None:
     client, uaid, channel_id, endpoint = subscribe(stack)
-    user = stack.storage.router.get_user(uaid)
+    user = stack.storage.get_user(uaid)
     node_id, connected_at = user.node_id, user.connected_at
     # A stored message a forged PUT /notif would make the node deliver.
-    stack.storage.messages().save_message(uaid, Notification(
+    stack.storage.save_message(User(uaid=uaid), Notification(
         channel_id=channel_id, version="stored-forged", ttl=60, timestamp=int(time.time()),
         sortkey_timestamp=int(time.time() * 1e6)))
     node_keys = router_keys(stack.environ["AUTOPUSH_CRYPTO_KEYS"])
@@ -320,7 +320,7 @@ def test_router_tls_delivers_directly_and_an_unverified_router_means_storage(
     try:
         stack.start()
         client, uaid, channel_id, endpoint = subscribe(stack)
-        node_id = stack.storage.router.get_user(uaid).node_id
+        node_id = stack.storage.get_user(uaid).node_id
         assert node_id in {f"https://127.0.0.1:{stack.router_port + slot}" for slot in range(2)}
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{stack.router_port}/health", timeout=5)  # no plain HTTP left
@@ -353,7 +353,7 @@ def displaced_by_the_other_worker(stack: Stack, original: PushClient, uaid: str,
     for _ in range(30):
         newer = stack.client()
         assert newer.hello(uaid)["uaid"] == uaid
-        if stack.storage.router.get_user(uaid).node_id != node_id:
+        if stack.storage.get_user(uaid).node_id != node_id:
             assert original.close_code() == 1000  # closed by the other worker's signed request over TLS
             return newer
         assert original.close_code() == 1000  # a duplicate on the same worker

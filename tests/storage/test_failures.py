@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -30,7 +31,7 @@ def proxy(dynalite: LocalDynamoDB) -> Iterator[ThrottleProxy]:
 def test_throttling_is_retried_three_times_then_raised(make_settings, proxy: ThrottleProxy) -> None:
     metrics = RecordingMetrics()
     storage = create_storage(make_settings(AUTOPUSH_DDB_ENDPOINT=proxy.url), metrics)
-    storage.setup()
+    storage.set_up()
     uaid = uuid.uuid4().hex
     proxy.throttling = True
     proxy.requests = 0
@@ -42,17 +43,17 @@ def test_throttling_is_retried_three_times_then_raised(make_settings, proxy: Thr
 
 def test_a_write_accepted_after_throttling_ends_is_stored(make_settings, proxy: ThrottleProxy) -> None:
     storage = create_storage(make_settings(AUTOPUSH_DDB_ENDPOINT=proxy.url), RecordingMetrics())
-    storage.setup()
+    storage.set_up()
     uaid, chid = uuid.uuid4().hex, str(uuid.uuid4())
     proxy.throttling = True
     with pytest.raises(StorageThrottled):
         storage.messages().save_message(
-            uaid, Notification(channel_id=chid, version="v", ttl=60, timestamp=1, sortkey_timestamp=1)
+            uaid, Notification(channel_id=chid, version="v", ttl=60, timestamp=int(time.time()), sortkey_timestamp=1)
         )
     proxy.throttling = False
     assert storage.messages().fetch_timestamp_messages(uaid, None) == (None, [])
     storage.messages().save_message(
-        uaid, Notification(channel_id=chid, version="v", ttl=60, timestamp=1, sortkey_timestamp=1)
+        uaid, Notification(channel_id=chid, version="v", ttl=60, timestamp=int(time.time()), sortkey_timestamp=1)
     )
     assert [m.version for m in storage.messages().fetch_timestamp_messages(uaid, None)[1]] == ["v"]
 
@@ -63,7 +64,7 @@ def test_database_down_is_unavailable_and_recovers(make_settings) -> None:
     try:
         metrics = RecordingMetrics()
         storage = create_storage(make_settings(AUTOPUSH_DDB_ENDPOINT=database.url), metrics)
-        storage.setup()
+        storage.set_up()
         uaid = uuid.uuid4().hex
         storage.router.add_user(User(uaid=uaid, connected_at=1, record_version=1))
         database.stop()
@@ -71,7 +72,7 @@ def test_database_down_is_unavailable_and_recovers(make_settings) -> None:
             storage.router.get_user(uaid)
         assert len(metrics.find("database.retry")) == 2
         database.start()  # in memory: the data is gone, the service is back
-        storage.setup()
+        storage.set_up()
         assert storage.router.get_user(uaid) is None
     finally:
         database.stop()

@@ -6,7 +6,7 @@ import time
 import uuid
 
 from autopush_flask.db import Notification, Storage
-from autopush_flask.db.attributes import from_item
+from autopush_flask.db.dynamodb.attributes import from_item
 from autopush_flask.db.models import THIRTY_DAYS
 
 

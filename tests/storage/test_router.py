@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from autopush_flask.db import Storage, User
-from autopush_flask.db.attributes import from_item
+from autopush_flask.db.dynamodb.attributes import from_item
 
 
 def new_uaid() -> str:

@@ -28,7 +28,7 @@ def location_id(response: requests.Response) -> str:
 
 def stored(stack: Stack, uaid: str) -> list[Notification]:
     """Every timestamp message stored for ``uaid``, whatever its bookmark."""
-    return stack.storage.messages().fetch_timestamp_messages(uaid, None)[1]
+    return stack.storage.fetch_timestamp_messages(User(uaid=uaid), None)[1]
 
 
 def subscribe(stack: Stack) -> tuple[PushClient, str, str]:
@@ -41,8 +41,8 @@ def subscribe(stack: Stack) -> tuple[PushClient, str, str]:
 
 def point_at(stack: Stack, uaid: str, node_url: str) -> None:
     """Make the router record name ``node_url`` (a newer connection than the real one)."""
-    connected_at = stack.storage.router.get_user(uaid).connected_at + 1
-    assert stack.storage.router.update_user(User(uaid=uaid, node_id=node_url, connected_at=connected_at))[0]
+    connected_at = stack.storage.get_user(uaid).connected_at + 1
+    assert stack.storage.claim_user(User(uaid=uaid), node_url, connected_at)[0]
 
 
 def notifications(client: PushClient, wait: float = QUIET, ack: bool = True) -> list[dict]:

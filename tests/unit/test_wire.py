@@ -12,9 +12,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from autopush_flask.db.client import DynamoDB
+from autopush_flask.db.dynamodb.client import DynamoDB
 from autopush_flask.db.errors import ConditionFailed, StorageError, StorageThrottled, StorageUnavailable
-from autopush_flask.db.wire import CONTENT_TYPE, ItemClient, SigV4Signer
+from autopush_flask.db.dynamodb.wire import CONTENT_TYPE, ItemClient, SigV4Signer
 from autopush_flask.keepalive import ConnectionPool
 from autopush_flask.metrics import RecordingMetrics
 from tests.support.scripted_http import Answer, ScriptedServer

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
-from autopush_flask.db.attributes import from_item, to_attribute, to_item
-from autopush_flask.db.client import DynamoDB
+from autopush_flask.db.dynamodb.attributes import from_item, to_attribute, to_item
+from autopush_flask.db.dynamodb.client import DynamoDB
 from autopush_flask.db.errors import ConditionFailed
 from autopush_flask.db.models import User
 
@@ -25,9 +27,23 @@ def _set_expression(values: dict[str, Any]) -> tuple[str, dict, dict]:
 
 
 class RouterStore:
-    def __init__(self, db: DynamoDB, table: str) -> None:
+    """The router table. Records live ``lifetime`` seconds from their last refresh.
+
+    DynamoDB's TTL deletes expired items up to days late (and the local
+    emulator never does), so reads treat an expired record as absent.
+    """
+
+    def __init__(
+        self, db: DynamoDB, table: str, lifetime: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self._db = db
         self.table = table
+        self._lifetime = lifetime
+        self._clock = clock
+
+    def expiry(self) -> int:
+        """The ``expiry`` of a record written or refreshed now."""
+        return int(self._clock()) + self._lifetime
 
     def _key(self, uaid: str) -> dict:
         return {"uaid": {"S": uaid}}
@@ -50,10 +66,14 @@ class RouterStore:
         if set(item) == {"uaid"}:
             self.drop_user(uaid)
             return None
-        return User.from_item(item)
+        user = User.from_item(item)
+        if user.expiry is not None and user.expiry <= self._clock():
+            return None
+        return user
 
     def add_user(self, user: User) -> bool:
         """Create a record; ``False`` when one already exists for the UAID."""
+        user.expiry = self.expiry()
         try:
             self._db.call(
                 "put_item",
@@ -73,6 +93,7 @@ class RouterStore:
         the previous attributes so the caller can evict an older session.
         """
         values = {k: v for k, v in user.to_item().items() if k != "uaid"}
+        values["expiry"] = self.expiry()
         expression, names, attribute_values = _set_expression(values)
         attribute_values[":router_type"] = to_attribute(user.router_type)
         attribute_values[":connected_at"] = to_attribute(user.connected_at)
@@ -96,8 +117,14 @@ class RouterStore:
     ) -> bool:
         """Bridge token update; the router type may change (SPEC A.38)."""
         expression, names, values = _set_expression(
-            {"router_type": router_type, "router_data": router_data, "connected_at": connected_at}
+            {"router_type": router_type, "router_data": router_data, "connected_at": connected_at,
+             "expiry": self.expiry()}
         )
+        return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
+
+    def refresh(self, uaid: str) -> bool:
+        """Push the record's expiry back; ``False`` when it is gone."""
+        expression, names, values = _set_expression({"expiry": self.expiry()})
         return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
 
     def remove_node_id(self, uaid: str, node_id: str, connected_at: int) -> bool:

@@ -5,7 +5,7 @@ gunicorn's "worker failed to boot" status, and the master then shut down
 with all its healthy workers: one worker replaced during a database outage
 (after a crash or a SIGKILL) took the whole node down. Now a worker boots
 when the store is merely unavailable or throttled, and finishes the set-up
-later (``services``). Until then which tables exist (in rotation mode: which
+later (``services``), and so does every backend built ``gated``. Until then which tables exist (in rotation mode: which
 month is current) is unknown, and a write to a guessed table could strand a
 message, so its item calls are refused as unavailable: the endpoint answers
 503, the connection node refuses the WebSocket upgrade.
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from autopush_flask.db.client import DynamoDB
-from autopush_flask.db.errors import StorageUnavailable, TableMissing
-from autopush_flask.db.storage import Storage
-from autopush_flask.db.wire import ITEM_OPERATIONS
+from autopush_flask.db.dynamodb.client import DynamoDB
+from autopush_flask.db.errors import StorageUnavailable
+from autopush_flask.db.dynamodb.wire import ITEM_OPERATIONS
 
 
 class ItemGate:
@@ -44,16 +43,3 @@ class ItemGate:
         if operation in ITEM_OPERATIONS:
             raise StorageUnavailable(f"{operation}: tables not set up yet", operation)
         return self._db.call(operation, **kwargs)
-
-
-def require_tables(storage: Storage) -> None:
-    """Raise ``TableMissing`` unless the router table and the current message table exist.
-
-    Used when ``AUTOPUSH_CREATE_TABLES`` is false: a node whose tables are
-    missing could only answer errors, and waiting cannot fix that.
-    """
-    for table in (storage.router.table, storage.tables.current):
-        if storage.admin.describe(table) is None:
-            raise TableMissing(
-                f"table {table} does not exist and AUTOPUSH_CREATE_TABLES is false", "describe_table"
-            )

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from autopush_flask.db.tables import TableAdmin
+from autopush_flask.db.dynamodb.tables import TableAdmin
 
 REFRESH_SECONDS = 60.0
 LAST_CONNECT_RANDOM_MAX = 10

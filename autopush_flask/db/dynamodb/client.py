@@ -2,7 +2,7 @@
 
 One client per worker process, created after fork and shared by all
 greenlets (DESIGN §2): item operations go through the lean signed client of
-``db/wire.py``, table administration through a boto3 low-level client built
+``db/dynamodb/wire.py``, table administration through a boto3 low-level client built
 from the same session. botocore's own retries are switched off so that
 retries, their back-off and the ``database.retry`` metric live here, next to
 the error mapping.
@@ -25,7 +25,7 @@ from botocore.httpsession import where as default_ca_bundle
 
 from autopush_flask import __version__
 from autopush_flask.db.errors import StorageError, map_error
-from autopush_flask.db.wire import ITEM_OPERATIONS, ItemClient
+from autopush_flask.db.dynamodb.wire import ITEM_OPERATIONS, ItemClient
 from autopush_flask.keepalive import ConnectionPool
 
 DEFAULT_REGION = "us-east-1"

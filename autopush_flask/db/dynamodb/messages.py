@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from autopush_flask.db.attributes import StringSet, from_item, to_attribute, to_item
-from autopush_flask.db.client import DynamoDB
+from autopush_flask.db.dynamodb.attributes import StringSet, from_item, to_attribute, to_item
+from autopush_flask.db.dynamodb.client import DynamoDB
 from autopush_flask.db.errors import ConditionFailed, StorageUnavailable
 from autopush_flask.db.models import (
     CHANNEL_LIST_KEY,
@@ -267,9 +267,11 @@ class MessageStore:
     ) -> tuple[int | None, list[Notification]]:
         """Messages after the bookmark, and the highest sort-key timestamp among them."""
         items = self._query(uaid, "chidmessageid > :key", after_bookmark_key(bookmark), limit)
-        messages = self._parse(items)
+        messages = self._parse(items, keep_expired=True)
         stamps = [m.sortkey_timestamp for m in messages if m.sortkey_timestamp is not None]
-        return (max(stamps) if stamps else None), messages
+        # The highest stamp counts expired messages too, so a page of only
+        # expired ones still moves the reader on past them.
+        return (max(stamps) if stamps else None), self._unexpired(messages)
 
     def _query(self, uaid: str, key_condition: str, bound: str, limit: int) -> list[dict]:
         response = self._db.call(
@@ -282,7 +284,7 @@ class MessageStore:
         )
         return [from_item(item) for item in response.get("Items", [])]
 
-    def _parse(self, items: list[dict]) -> list[Notification]:
+    def _parse(self, items: list[dict], keep_expired: bool = False) -> list[Notification]:
         messages = []
         for item in items:
             message = Notification.from_item(item)
@@ -290,4 +292,14 @@ class MessageStore:
                 self._metrics.increment("database.unknown_sort_key")
                 continue
             messages.append(message)
-        return messages
+        return messages if keep_expired else self._unexpired(messages)
+
+    def _unexpired(self, messages: list[Notification]) -> list[Notification]:
+        """DynamoDB's TTL deletes expired items up to two days late; until then reads skip them.
+
+        A topic page made only of expired messages comes back empty and
+        hides any later topic messages until the TTL catches up: a user
+        needs more than ten expired topic messages at once for that.
+        """
+        now = self._clock()
+        return [m for m in messages if not m.expired(now)]

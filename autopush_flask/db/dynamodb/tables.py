@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from autopush_flask.db.client import DynamoDB
+from autopush_flask.db.dynamodb.client import DynamoDB
 from autopush_flask.db.errors import StorageError, TableMissing, UnknownOperation
 
 log = logging.getLogger("autopush.db")
@@ -65,8 +65,8 @@ class TableAdmin:
         )
 
     def ensure_router_table(self, name: str, read: int, write: int) -> bool:
-        """Create the router table if missing; ``True`` when it was created."""
-        return self._ensure(name, ROUTER_KEYS, read, write, ttl=False)
+        """Create the router table (TTL on ``expiry``) if missing; ``True`` when it was created."""
+        return self._ensure(name, ROUTER_KEYS, read, write, ttl=True)
 
     def ensure_message_table(self, name: str, read: int, write: int) -> bool:
         """Create a message table (TTL on ``expiry``) if missing."""
