@@ -12,7 +12,7 @@ from autopush_flask.crypto import CryptoKeys
 from autopush_flask.db import Storage, create_storage
 from autopush_flask.metrics import RecordingMetrics
 from tests.support.fake_node import FakeNode
-from tests.support.postgres import postgres_cluster, postgres_url  # noqa: F401 - fixtures, asked for by name
+from tests.support.postgres import STORES, postgres_cluster, postgres_url  # noqa: F401 - fixtures, asked for by name
 from tests.support.processes import LocalDynamoDB
 
 # Nodes refuse to start without crypto keys: one key for the run, as all the
@@ -34,15 +34,48 @@ def table_prefix() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``both_stores`` runs once on DynamoDB (dynalite) and once on PostgreSQL."""
+    if metafunc.definition.get_closest_marker("both_stores") and "store_backend" in metafunc.fixturenames:
+        metafunc.parametrize("store_backend", STORES, indirect=True)
+
+
 @pytest.fixture
-def make_settings(dynalite: LocalDynamoDB, table_prefix: str) -> Callable[..., Settings]:
-    """Settings for a node using this test's own tables on the shared dynalite."""
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """The store a test runs on: DynamoDB unless the test is marked ``both_stores``."""
+    return getattr(request, "param", "dynamodb")
+
+
+@pytest.fixture
+def store_variables(
+    request: pytest.FixtureRequest, store_backend: str, dynalite: LocalDynamoDB, table_prefix: str
+) -> dict[str, str]:
+    """The settings naming this test's own store: tables on dynalite, or a PostgreSQL schema."""
+    return store_settings(request, store_backend, dynalite, table_prefix)
+
+
+def store_settings(
+    request: pytest.FixtureRequest, backend: str, dynalite: LocalDynamoDB, prefix: str
+) -> dict[str, str]:
+    """``store_variables`` for fixtures of any scope (a module's stack asks with its own prefix)."""
+    variables = {
+        "AUTOPUSH_DDB_ENDPOINT": dynalite.url,
+        "AUTOPUSH_ROUTER_TABLE": f"{prefix}_router",
+        "AUTOPUSH_MESSAGE_TABLE": f"{prefix}_message",
+    }
+    if backend == "postgres":
+        cluster = request.getfixturevalue("postgres_cluster")
+        variables["AUTOPUSH_DB_URL"] = cluster.schema_url(prefix)
+    return variables
+
+
+@pytest.fixture
+def make_settings(store_variables: dict[str, str]) -> Callable[..., Settings]:
+    """Settings for a node using this test's own store (tables on the shared dynalite by default)."""
 
     def make(node_type: str = "endpoint", **variables: str) -> Settings:
         environ = {
-            "AUTOPUSH_DDB_ENDPOINT": dynalite.url,
-            "AUTOPUSH_ROUTER_TABLE": f"{table_prefix}_router",
-            "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
+            **store_variables,
             "AUTOPUSH_HOSTNAME": "localhost",
             "AUTOPUSH_STATSD_HOST": "",
             "AUTOPUSH_CRYPTO_KEYS": TEST_CRYPTO_KEY,

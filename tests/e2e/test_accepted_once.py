@@ -36,6 +36,7 @@ from tests.e2e.faults_support import (
 from tests.support.delivery import location_id, notifications, payload, point_at, push, stored, subscribe
 from tests.support.fake_node import FakeNode
 from tests.support.http_relay import HttpRelay
+from tests.support.postgres import STORES, store_environ
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.timeout(150)
@@ -44,10 +45,10 @@ NODE_TIMEOUT = 1.0  # AUTOPUSH_NODE_REQUEST_TIMEOUT of these stacks
 LATE = NODE_TIMEOUT + 1.0  # how long the scripted node takes to answer
 
 
-@pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=STORES)
+def stack(request, dynalite, tmp_path_factory) -> Iterator[Stack]:
     running = Stack(dynalite.url, tmp_path_factory.mktemp("accepted-once"),
-                    AUTOPUSH_NODE_REQUEST_TIMEOUT=str(NODE_TIMEOUT)).start()
+                    AUTOPUSH_NODE_REQUEST_TIMEOUT=str(NODE_TIMEOUT), **store_environ(request, request.param)).start()
     yield running
     running.stop()
 

@@ -25,6 +25,7 @@ import pytest
 from tests.e2e.faults_support import children, pid_listening_on, port_of, report, wait_until
 from tests.support.delivery import location_id, notifications, payload, point_at, push, stored, subscribe
 from tests.support.fake_node import FakeNode
+from tests.support.postgres import STORES, store_environ
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,9 +33,10 @@ pytestmark = pytest.mark.timeout(120)
 DURABLE = {"AUTOPUSH_DURABLE_DIRECT": "true"}
 
 
-@pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("durable"), **DURABLE).start()
+@pytest.fixture(scope="module", params=STORES)
+def stack(request, dynalite, tmp_path_factory) -> Iterator[Stack]:
+    store = store_environ(request, request.param)
+    running = Stack(dynalite.url, tmp_path_factory.mktemp("durable"), **DURABLE, **store).start()
     yield running
     running.stop()
 

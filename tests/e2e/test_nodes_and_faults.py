@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from uuid import uuid4
 
 import pytest
@@ -43,6 +44,7 @@ from tests.e2e.faults_support import (
     with_reload_room,
 )
 from tests.support.fake_node import FakeNode
+from tests.support.postgres import STORES, LocalPostgres, new_cluster
 from tests.support.processes import GunicornNode, LocalDynamoDB, free_port_range
 from tests.support.push_client import PushClient
 from tests.support.stack import Stack
@@ -273,11 +275,23 @@ def test_sigkill_of_a_connection_worker(dynalite, tmp_path: Path, running: Runni
                        push_connection_errors=pusher.connection_errors))
 
 
-def test_dynamodb_stopped_and_restarted_mid_stream(tmp_path: Path, running: Running) -> None:
-    database = LocalDynamoDB(path=tmp_path / "dynamodb")
-    database.start()
-    running.stoppables.append(database)
-    stack = Stack(database.url, tmp_path, connection_workers=2)
+def own_store(backend: str, tmp_path: Path, running: Running) -> tuple[LocalDynamoDB | LocalPostgres, dict]:
+    """A store of this test's own, started, that it can stop and start: (store, Stack arguments)."""
+    if backend == "dynamodb":
+        database = LocalDynamoDB(path=tmp_path / "dynamodb")
+        database.start()
+        running.stoppables.append(database)
+        return database, {"ddb_url": database.url}
+    cluster = new_cluster()
+    cluster.start()
+    running.stoppables.append(SimpleNamespace(stop=cluster.destroy))
+    return cluster, {"ddb_url": "http://127.0.0.1:9", "AUTOPUSH_DB_URL": cluster.url()}
+
+
+@pytest.mark.parametrize("backend", STORES)
+def test_store_stopped_and_restarted_mid_stream(tmp_path: Path, running: Running, backend: str) -> None:
+    database, store = own_store(backend, tmp_path, running)
+    stack = Stack(log_dir=tmp_path, connection_workers=2, **store)
     running.stoppables.append(stack)
     stack.start()
     clients = connect_clients(running, stack.ws_url)
@@ -315,7 +329,7 @@ def test_dynamodb_stopped_and_restarted_mid_stream(tmp_path: Path, running: Runn
     stored = stored_and_delivered(stack.storage, clients, stack.log_dir)
     assert stored > 0
     errnos = Counter(errno for _, errno, _ in pusher.refusals)
-    report(result.line("dynamodb-restart", accepted_before_outage=accepted_before,
+    report(result.line(f"{backend}-restart", accepted_before_outage=accepted_before,
                        accepted_after=len(pusher.accepted) - accepted_before,
                        refused_503=len(pusher.refusals),
                        errnos="/".join(f"{k}:{v}" for k, v in sorted(errnos.items())),

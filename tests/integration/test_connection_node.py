@@ -29,12 +29,10 @@ CRYPTO_KEY = CryptoKeys.generate_key()
 router = signed_session(CRYPTO_KEY)  # requests to the router port, signed as an endpoint node signs
 
 
-def node_environ(dynalite, table_prefix: str, router_port: int, **extra: str) -> dict[str, str]:
+def node_environ(store_variables: dict[str, str], router_port: int, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
-        "AUTOPUSH_DDB_ENDPOINT": dynalite.url,
-        "AUTOPUSH_ROUTER_TABLE": f"{table_prefix}_router",
-        "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
+        **store_variables,
         "AUTOPUSH_CRYPTO_KEYS": CRYPTO_KEY,
         "AUTOPUSH_ROUTER_HOSTNAME": "127.0.0.1",
         "AUTOPUSH_ROUTER_PORT": str(router_port),
@@ -71,9 +69,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(dynalite, table_prefix, tmp_path) -> Iterator[Cluster]:
+def cluster(store_variables, tmp_path) -> Iterator[Cluster]:
     router_port = free_port_range(WORKERS)
-    environ = node_environ(dynalite, table_prefix, router_port)
+    environ = node_environ(store_variables, router_port)
     node = GunicornNode("wsgi:connection_app", environ, workers=WORKERS)
     node.start(tmp_path / "gunicorn.log", wait_ports=tuple(router_port + s for s in range(WORKERS)))
     storage = create_storage(load_settings(CONNECTION, environ), NullMetrics())
@@ -91,6 +89,7 @@ def push_body(channel_id: str, version: str, data: str | None = None) -> dict:
     return body
 
 
+@pytest.mark.both_stores
 def test_hello_register_notification_ack_over_a_real_socket(cluster: Cluster) -> None:
     client, uaid, channel_id = cluster.registered()
     assert client.subprotocol == "push-notification"
@@ -125,6 +124,7 @@ def test_62_dashed_uaid_and_bad_bodies(cluster: Cluster) -> None:
     assert router.put(f"{node_id}/push/not-a-uuid", json=push_body(channel_id, "v"), timeout=5).status_code == 404
 
 
+@pytest.mark.both_stores
 def test_63_notif_statuses(cluster: Cluster) -> None:
     client, uaid, channel_id = cluster.registered()
     node_id = cluster.node_id(uaid)
@@ -146,6 +146,7 @@ def test_63_notif_statuses(cluster: Cluster) -> None:
     assert router.put(f"{node_id}/notif/{uaid}", timeout=5).status_code == 200
 
 
+@pytest.mark.both_stores
 def test_64_delete_notif_closes_only_the_exact_session(cluster: Cluster) -> None:
     client, uaid, _ = cluster.registered()
     user = cluster.storage.get_user(uaid)
@@ -174,6 +175,7 @@ def test_router_port_serves_health_with_client_count(cluster: Cluster) -> None:
     assert sum(counts) == 1
 
 
+@pytest.mark.both_stores
 def test_56_158_clients_on_both_workers_and_displacement(cluster: Cluster) -> None:
     seen: dict[str, tuple[PushClient, str, str]] = {}
     for _ in range(30):
@@ -255,9 +257,9 @@ def test_half_open_socket_does_not_disturb_the_worker(cluster: Cluster) -> None:
     raw.close()
 
 
-def test_hello_timeout_closes_silent_clients(dynalite, table_prefix, tmp_path) -> None:
+def test_hello_timeout_closes_silent_clients(store_variables, tmp_path) -> None:
     router_port = free_port_range(1)
-    environ = node_environ(dynalite, table_prefix, router_port, AUTOPUSH_HELLO_TIMEOUT="1")
+    environ = node_environ(store_variables, router_port, AUTOPUSH_HELLO_TIMEOUT="1")
     node = GunicornNode("wsgi:connection_app", environ)
     node.start(tmp_path / "gunicorn.log", wait_ports=(router_port,))
     try:
@@ -269,9 +271,9 @@ def test_hello_timeout_closes_silent_clients(dynalite, table_prefix, tmp_path) -
         node.stop()
 
 
-def test_max_connections_refuses_upgrades_with_503(dynalite, table_prefix, tmp_path) -> None:
+def test_max_connections_refuses_upgrades_with_503(store_variables, tmp_path) -> None:
     router_port = free_port_range(1)
-    environ = node_environ(dynalite, table_prefix, router_port, AUTOPUSH_MAX_CONNECTIONS="1")
+    environ = node_environ(store_variables, router_port, AUTOPUSH_MAX_CONNECTIONS="1")
     node = GunicornNode("wsgi:connection_app", environ)
     node.start(tmp_path / "gunicorn.log", wait_ports=(router_port,))
     try:
@@ -285,9 +287,10 @@ def test_max_connections_refuses_upgrades_with_503(dynalite, table_prefix, tmp_p
         node.stop()
 
 
-def test_graceful_stop_stores_unacked_notifications_and_closes_1012(dynalite, table_prefix, tmp_path) -> None:
+@pytest.mark.both_stores
+def test_graceful_stop_stores_unacked_notifications_and_closes_1012(store_variables, tmp_path) -> None:
     router_port = free_port_range(1)
-    environ = node_environ(dynalite, table_prefix, router_port)
+    environ = node_environ(store_variables, router_port)
     node = GunicornNode("wsgi:connection_app", environ)
     node.start(tmp_path / "gunicorn.log", wait_ports=(router_port,))
     storage = create_storage(load_settings(CONNECTION, environ), NullMetrics())
@@ -335,15 +338,15 @@ def _close_code_in(data: bytes) -> int | None:
     return None
 
 
-def single_worker(dynalite, table_prefix, tmp_path, **settings: str) -> tuple[GunicornNode, str]:
+def single_worker(store_variables, tmp_path, **settings: str) -> tuple[GunicornNode, str]:
     router_port = free_port_range(1)
-    node = GunicornNode("wsgi:connection_app", node_environ(dynalite, table_prefix, router_port, **settings))
+    node = GunicornNode("wsgi:connection_app", node_environ(store_variables, router_port, **settings))
     node.start(tmp_path / "gunicorn.log", wait_ports=(router_port,))
     return node, f"ws://127.0.0.1:{node.port}/"
 
 
-def test_23_client_that_never_answers_pings_is_closed(dynalite, table_prefix, tmp_path) -> None:
-    node, url = single_worker(dynalite, table_prefix, tmp_path,
+def test_23_client_that_never_answers_pings_is_closed(store_variables, tmp_path) -> None:
+    node, url = single_worker(store_variables, tmp_path,
                               AUTOPUSH_AUTO_PING_INTERVAL="1", AUTOPUSH_AUTO_PING_TIMEOUT="1")
     try:
         silent, answering = PushClient(url), PushClient(url)

@@ -1,4 +1,4 @@
-"""The endpoint node end to end: real gunicorn nodes, real dynalite, pywebpush.
+"""The endpoint node end to end: real gunicorn nodes on dynalite and on PostgreSQL, pywebpush.
 
 Checklist 35–48 and 66–127 over real sockets.
 """
@@ -16,15 +16,17 @@ import requests
 from pywebpush import WebPushException
 
 from autopush_flask.crypto import CryptoKeys, MessageId, make_endpoint_url
-from autopush_flask.db import User
+from autopush_flask.db import Notification, User
+from tests.support.postgres import STORES, store_environ
 from tests.support.push_client import PushClient
 from tests.support.stack import Stack
 from tests.support.webpush import AppServer, Subscription
 
 
-@pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("stack")).start()
+@pytest.fixture(scope="module", params=STORES)
+def stack(request, dynalite, tmp_path_factory) -> Iterator[Stack]:
+    store = store_environ(request, request.param)
+    running = Stack(dynalite.url, tmp_path_factory.mktemp("stack"), **store).start()
     yield running
     running.stop()
 
@@ -291,10 +293,7 @@ def test_32_93_unknown_channel(stack: Stack) -> None:
 @pytest.mark.parametrize("router_type", ["simplepush", "bogus", "gcm"])
 def test_94_95_invalid_router_types_are_dropped(stack: Stack, router_type: str) -> None:
     client, subscription, _ = subscribe(stack)
-    stack.storage.db.client.update_item(
-        TableName=stack.storage.router.table, Key={"uaid": {"S": client.uaid}},
-        UpdateExpression="SET router_type = :t", ExpressionAttributeValues={":t": {"S": router_type}},
-    )
+    assert stack.storage.update_router_data(client.uaid, router_type, {}, int(time.time() * 1000))
     assert_error(post(subscription.endpoint), 410, 106)
     assert stack.storage.get_user(client.uaid) is None
 
@@ -346,12 +345,10 @@ def test_100_101_102_bad_authorization_forms(stack: Stack, authorization: str) -
 # ---- routing (111–117) ----------------------------------------------------------
 
 
-def message_items(stack: Stack, uaid: str) -> list[dict]:
-    response = stack.storage.db.client.query(
-        TableName=stack.storage.messages().table, KeyConditionExpression="uaid = :u",
-        ExpressionAttributeValues={":u": {"S": uaid}}, ConsistentRead=True,
-    )
-    return [i for i in response["Items"] if i["chidmessageid"]["S"] != " "]
+def message_items(stack: Stack, uaid: str) -> list[Notification]:
+    """Every stored message of ``uaid``, topic and timestamp ones."""
+    user = User(uaid=uaid)
+    return stack.storage.fetch_topic_messages(user)[1] + stack.storage.fetch_timestamp_messages(user, None)[1]
 
 
 def test_111_direct_delivery_writes_nothing(stack: Stack) -> None:

@@ -109,6 +109,11 @@ class LocalPostgres:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def schema_url(self, schema: str) -> str:
+        """A URL on a new, empty schema (left behind: the cluster is thrown away with the run)."""
+        self.execute(f"CREATE SCHEMA {schema}")
+        return self.url(schema)
+
     def execute(self, statement: str) -> None:
         """Run one statement as the superuser (schemas for the tests)."""
         import psycopg
@@ -128,15 +133,20 @@ class LocalPostgres:
             )
 
 
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[LocalPostgres]:
-    """One PostgreSQL cluster for the whole run; tests use their own schemas."""
+def new_cluster() -> LocalPostgres:
+    """A cluster not started yet; skips the test where PostgreSQL is missing (fails it in CI)."""
     try:
-        cluster = LocalPostgres()
+        return LocalPostgres()
     except PostgresMissing as error:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required in CI: {error}")
         pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[LocalPostgres]:
+    """One PostgreSQL cluster for the whole run; tests use their own schemas."""
+    cluster = new_cluster()
     try:
         cluster.start()
         yield cluster
@@ -153,3 +163,15 @@ def postgres_url(postgres_cluster: LocalPostgres) -> Iterator[str]:
     if not postgres_cluster.running:  # a fault test that failed before bringing it back
         postgres_cluster.start()
     postgres_cluster.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+STORES = ("dynamodb", "postgres")
+
+
+def store_environ(request: pytest.FixtureRequest, backend: str) -> dict[str, str]:
+    """What a stack of any fixture scope adds to run on ``backend``: nothing for DynamoDB
+    (its tables are named by the stack), a fresh schema's URL for PostgreSQL."""
+    if backend != "postgres":
+        return {}
+    cluster = request.getfixturevalue("postgres_cluster")
+    return {"AUTOPUSH_DB_URL": cluster.schema_url("s" + uuid.uuid4().hex[:12])}
