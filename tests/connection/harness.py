@@ -1,7 +1,8 @@
-"""Drive sessions without sockets: effects are performed against real storage.
+"""Drive sessions without sockets: storage effects are performed, the rest recorded.
 
 The same ``drive`` loop the transport uses runs every handler; storage calls
-go to the real dynalite, everything else is recorded for assertions.
+go to the store the test gives (the in-memory one, or dynalite where a test
+needs DynamoDB), everything else is recorded for assertions.
 """
 
 from __future__ import annotations
