@@ -81,10 +81,6 @@ class Storage(Protocol):
         """Delete expired records, channel lists and messages now; how many went (0 where the store expires them)."""
         ...
 
-    def preflight(self) -> None:
-        """Exercise every kind of write once with a throw-away UAID; raise ``StorageError`` on failure."""
-        ...
-
     # ---- router records -------------------------------------------------------
 
     def new_user(self, uaid: str, node_id: str | None, connected_at: int, **fields: object) -> User:

@@ -163,9 +163,6 @@ class MemoryStorage:
         return purged
 
     @_operation()
-    def preflight(self) -> None:
-        """Nothing can fail but the gate and an injected failure, both checked on the way in."""
-
     # ---- router records
 
     def new_user(self, uaid: str, node_id: str | None, connected_at: int, **fields: object) -> User:

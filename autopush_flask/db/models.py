@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,6 +144,18 @@ class Notification:
             stored=True,
             **{k: v for k, v in parsed.items() if k != "version"},
         )
+
+
+def parse_notifications(items: Iterable[dict[str, Any]], metrics: Any) -> list[Notification]:
+    """Stored items as notifications; items whose key matches no format are counted and skipped."""
+    messages = []
+    for item in items:
+        message = Notification.from_item(item)
+        if message is None:
+            metrics.increment("database.unknown_sort_key")
+            continue
+        messages.append(message)
+    return messages
 
 
 def _parse_sort_key(key: str) -> dict[str, Any] | None:

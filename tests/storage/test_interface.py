@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 
+from autopush_flask.db.preflight import preflight
 from autopush_flask.db import Notification, Storage, StorageUnavailable, User
 from autopush_flask.db.memory import MAINTENANCE_LINE, MemoryStorage
 from autopush_flask.db.models import WEBPUSH
@@ -90,7 +91,7 @@ def test_a_set_up_store_is_ready_and_healthy(backend_storage: Storage) -> None:
     assert backend_storage.is_ready() is True
     health = backend_storage.check_health()
     assert health and all(entry == {"status": "OK"} for entry in health.values())
-    backend_storage.preflight()
+    preflight(backend_storage)
     backend_storage.maintain()
 
 

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from autopush_flask.db.preflight import preflight
 from autopush_flask.db import StorageError, TableMissing, User, create_storage
 from autopush_flask.db.dynamodb.rotation import (
     connected_this_month,
@@ -84,7 +85,7 @@ def test_health_reports_server_error_when_the_database_is_down(make_settings) ->
 
 
 def test_preflight_leaves_nothing_behind(storage) -> None:
-    storage.preflight()
+    preflight(storage)
     scan = storage.db.client.scan(TableName=storage.router.table)
     assert scan["Items"] == []
     assert storage.db.client.scan(TableName=storage.messages().table)["Items"] == []
@@ -93,7 +94,7 @@ def test_preflight_leaves_nothing_behind(storage) -> None:
 def test_preflight_fails_without_tables(make_settings) -> None:
     storage = create_storage(make_settings(AUTOPUSH_CREATE_TABLES="false"), RecordingMetrics())
     with pytest.raises(StorageError):
-        storage.preflight()
+        preflight(storage)
 
 
 def test_single_table_mode_holds_data_of_any_user(storage) -> None:

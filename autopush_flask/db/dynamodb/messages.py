@@ -16,6 +16,7 @@ from autopush_flask.db.models import (
     TIMESTAMP_PREFIX,
     Notification,
     after_bookmark_key,
+    parse_notifications,
     registered_channels,
 )
 
@@ -285,13 +286,7 @@ class MessageStore:
         return [from_item(item) for item in response.get("Items", [])]
 
     def _parse(self, items: list[dict], keep_expired: bool = False) -> list[Notification]:
-        messages = []
-        for item in items:
-            message = Notification.from_item(item)
-            if message is None:
-                self._metrics.increment("database.unknown_sort_key")
-                continue
-            messages.append(message)
+        messages = parse_notifications(items, self._metrics)
         return messages if keep_expired else self._unexpired(messages)
 
     def _unexpired(self, messages: list[Notification]) -> list[Notification]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -23,8 +21,6 @@ from autopush_flask.db.errors import StorageError, TableMissing
 from autopush_flask.db.interface import TIMESTAMP_FETCH_LIMIT, TOPIC_FETCH_LIMIT
 from autopush_flask.db.models import CHANNEL_LIST_KEY, Notification, User, registered_channels
 
-PREFLIGHT_UAID_PREFIX = "deadbeef00000000deadbeef"
-PREFLIGHT_NODE_ID = "http://preflight.invalid:8081"
 DAY = 24 * 3600
 
 
@@ -141,27 +137,6 @@ class DynamoStorage:
         if info is None:
             return {"status": "NOT OK", "error": "Nonexistent table"}
         return {"status": "OK"}
-
-    def preflight(self) -> None:
-        """Exercise every kind of write once with a throw-away UAID (SPEC §7.9)."""
-        uaid = PREFLIGHT_UAID_PREFIX + secrets.token_hex(4)
-        now = int(self._clock())
-        message = Notification(
-            channel_id=str(uuid.uuid4()), version="preflight", ttl=60, timestamp=now,
-            sortkey_timestamp=now * 1_000_000,
-        )
-        store = self.messages()
-        store.save_message(uaid, message)
-        store.delete_message(uaid, message.sort_key)
-        connected_at = now * 1000
-        user = User(uaid=uaid, connected_at=connected_at, node_id=PREFLIGHT_NODE_ID, record_version=1)
-        if not self.router.add_user(user):
-            raise StorageError("preflight: router record already existed", "put_item")
-        if self.router.get_user(uaid) is None:
-            raise StorageError("preflight: router record not readable", "get_item")
-        if not self.router.remove_node_id(uaid, PREFLIGHT_NODE_ID, connected_at):
-            raise StorageError("preflight: conditional node_id removal failed", "update_item")
-        self.router.drop_user(uaid)
 
     # ---- router records
 

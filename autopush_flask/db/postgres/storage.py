@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -54,6 +52,7 @@ from autopush_flask.db.models import (
     Notification,
     User,
     after_bookmark_key,
+    parse_notifications,
     registered_channels,
 )
 from autopush_flask.db.postgres import schema
@@ -80,8 +79,6 @@ DAY_SECONDS = 24 * 3600
 # password, unknown database.
 CONFIGURATION_SQLSTATES = frozenset({"28000", "28P01", "3D000"})
 CONFIGURATION_PHRASES = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
-PREFLIGHT_UAID_PREFIX = "deadbeef00000000deadbeef"
-PREFLIGHT_NODE_ID = "http://preflight.invalid:8081"
 
 ROUTER_COLUMNS = tuple(f.name for f in dataclasses.fields(User))
 # Timestamp sort keys are "02:{stamp}:{chid}": all of them sort inside
@@ -207,11 +204,6 @@ FETCH_TIMESTAMP_MESSAGES = (
     f"SELECT {MESSAGE_FIELDS} FROM messages "
     "WHERE uaid = %(uaid)s AND sort_key > %(after)s AND sort_key < %(below)s "
     "AND expiry > %(now)s ORDER BY sort_key LIMIT %(limit)s"
-)
-FORGET_UAID = (
-    "DELETE FROM router WHERE uaid = %(uaid)s",
-    "DELETE FROM channel_lists WHERE uaid = %(uaid)s",
-    "DELETE FROM messages WHERE uaid = %(uaid)s",
 )
 # One bounded batch: row locks are held for one short statement, never for
 # the whole purge. The inner SELECT locks the expired rows it picks, skipping
@@ -508,37 +500,6 @@ class PostgresStorage:
             for table in PURGED_TABLES
         }
 
-    def preflight(self) -> None:
-        """Exercise every kind of write once with a throw-away UAID, then remove it."""
-        uaid = PREFLIGHT_UAID_PREFIX + secrets.token_hex(4)
-        try:
-            self._exercise_writes(uaid)
-        finally:
-            with suppress(StorageError):
-                with self._connection("preflight", data=False) as connection, connection.transaction():
-                    for statement in FORGET_UAID:
-                        connection.execute(statement, {"uaid": uaid})
-
-    def _exercise_writes(self, uaid: str) -> None:
-        now = self._now()
-        user = self.new_user(uaid, PREFLIGHT_NODE_ID, now * 1000)
-        message = Notification(
-            channel_id=str(uuid.uuid4()), version="preflight", ttl=60, timestamp=now,
-            sortkey_timestamp=now * 1_000_000,
-        )
-        if not self.add_user(user):
-            raise StorageError("preflight: router record already existed", "add_user")
-        if self.get_user(uaid) is None:
-            raise StorageError("preflight: router record not readable", "get_user")
-        self.add_channel(user, message.channel_id)
-        self.save_message(user, message)
-        if not self.advance_bookmark(user, None, message.sortkey_timestamp):
-            raise StorageError("preflight: bookmark not set", "advance_bookmark")
-        if not self.delete_message(user, message.sort_key, message.version):
-            raise StorageError("preflight: conditional message delete failed", "delete_message")
-        if not self.remove_node_id(uaid, PREFLIGHT_NODE_ID, user.connected_at):
-            raise StorageError("preflight: conditional node_id removal failed", "remove_node_id")
-
     # ---- router records -------------------------------------------------------------------
 
     def new_user(self, uaid: str, node_id: str | None, connected_at: int, **fields: object) -> User:
@@ -700,14 +661,7 @@ class PostgresStorage:
         return self._execute("advance_bookmark", query, params) == 1
 
     def _notifications(self, rows: Any) -> list[Notification]:
-        messages = []
-        for row in rows:
-            message = Notification.from_item(row)
-            if message is None:
-                self._metrics.increment("database.unknown_sort_key")
-                continue
-            messages.append(message)
-        return messages
+        return parse_notifications(rows, self._metrics)
 
 
 def _connection_options(url: str) -> dict[str, Any]:
