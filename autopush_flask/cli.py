@@ -30,8 +30,7 @@ from flask import Flask
 
 from autopush_flask.config import ENDPOINT, Settings, SettingsError, load_settings
 from autopush_flask.crypto import CryptoKeys, InvalidTokenError, parse_endpoint_token
-from autopush_flask.db import Storage, StorageError, StorageUnavailable, TableMissing, create_storage
-from autopush_flask.db.dynamodb.maintenance import MIN_MONTHS_KEPT
+from autopush_flask.db import MIN_MONTHS_KEPT, Storage, StorageError, StorageUnavailable, TableMissing, create_storage
 from autopush_flask.metrics import NullMetrics
 
 ENDPOINT_PATTERN = re.compile(r"push/(?:(v\d+)/)?([^/]+)")

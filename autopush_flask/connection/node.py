@@ -194,7 +194,7 @@ class ConnectionNode:
     def check_storage_of(self, uaid: str) -> None:
         """Ask the node now holding ``uaid`` to look at storage (after a retried store landed)."""
         try:
-            user = self.storage.router.get_user(uaid)
+            user = self.storage.get_user(uaid)
         except StorageError:
             return  # stored all the same: the client's next drain finds them
         if user is not None and user.node_id:

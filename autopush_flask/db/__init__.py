@@ -23,7 +23,13 @@ from autopush_flask.db.errors import (
 from autopush_flask.db.interface import Storage
 from autopush_flask.db.models import Notification, User
 
+# Monthly tables more than this many months old may be dropped by
+# ``flask maintain-tables --drop-older-than``: nodes know only last month's
+# and this month's tables (SPEC §7.7).
+MIN_MONTHS_KEPT = 2
+
 __all__ = [
+    "MIN_MONTHS_KEPT",
     "ConditionFailed",
     "Notification",
     "Storage",

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -77,7 +76,12 @@ def start_node(ddb_url: str, table_prefix: str, log_path: Path, storage_url: str
                **settings: str) -> Node:
     """A one-worker node on ``ddb_url``; the test reads storage at ``storage_url`` (default the same)."""
     router_port = free_port_range(1)
-    environ = node_environ(SimpleNamespace(url=ddb_url), table_prefix, router_port, **settings)
+    store = {
+        "AUTOPUSH_DDB_ENDPOINT": ddb_url,
+        "AUTOPUSH_ROUTER_TABLE": f"{table_prefix}_router",
+        "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
+    }
+    environ = node_environ(store, router_port, **settings)
     gunicorn = GunicornNode("wsgi:connection_app", environ)
     gunicorn.start(log_path, wait_ports=(router_port,))
     storage_environ = {**environ, "AUTOPUSH_DDB_ENDPOINT": storage_url or ddb_url}

@@ -12,12 +12,10 @@ import datetime as dt
 from collections.abc import Iterator
 
 from autopush_flask.config import Settings
+from autopush_flask.db import MIN_MONTHS_KEPT
 from autopush_flask.db.dynamodb.rotation import month_shift, monthly_table_name, table_month
 from autopush_flask.db.dynamodb.tables import TableAdmin, TableInfo
 
-# Tables more than this many months old are listed (or dropped with the flag):
-# nodes only know last month's and this month's tables (SPEC §7.7).
-MIN_MONTHS_KEPT = 2
 
 Capacity = tuple[int, int]
 
