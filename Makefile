@@ -45,8 +45,11 @@ soak: install
 	SOAK_SECONDS=600 SOAK_SEED=$(SOAK_SEED) $(VPY) -m pytest tests/e2e/test_soak.py -s \
 		-p no:cacheprovider -o timeout=1800
 
+# `make run DB=postgres` runs the nodes on a local PostgreSQL cluster (var/postgres)
+# instead of the local DynamoDB.
+DB ?= dynamodb
 run: install
-	$(VPY) scripts/run-local
+	$(VPY) scripts/run-local --db $(DB)
 
 docs: install
 	$(VPY) scripts/settings-reference --write README.md
