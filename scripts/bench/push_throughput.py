@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Push throughput, latency, storage calls and CPU per notification, against a Flask floor.
+"""Push throughput, latency, storage calls and CPU per notification, per store, against a Flask floor.
 
-Starts dynalite behind a counting proxy, a connection node (1 worker) and an
-endpoint node (1 gevent worker) under gunicorn, and K push clients holding one
+For each store asked for (``--store dynamodb|postgres|both``, default both)
+a run starts the store, a connection node (1 worker) and an endpoint node
+(1 gevent worker) under gunicorn on it, and K push clients holding one
 VAPID-bound (v2) subscription each. Then, in one run:
 
 - direct: N VAPID-signed pushes to the connected clients; notifications/s,
-  POST->receive latency p50/p99, DynamoDB calls per notification (counted at
-  the proxy, by X-Amz-Target) and CPU per notification of each worker;
-- durable: the same N pushes through a second endpoint node (same tables)
+  POST->receive latency p50/p99, storage calls per notification and CPU per
+  notification of each worker;
+- durable: the same N pushes through a second endpoint node (same store)
   with ``AUTOPUSH_DURABLE_DIRECT=true``: each message is stored before the
   connection node gets it and deleted when the client acks; the same figures,
   and the difference to direct. Each mode's pushes run in two halves, in the
@@ -21,15 +22,30 @@ VAPID-bound (v2) subscription each. Then, in one run:
   drain (acking every message); accepted and drained messages/s, storage calls
   and CPU per message.
 
-    .venv/bin/python scripts/bench/push_throughput.py [--clients 50] [--pushes 2000]
-        [--stored 500] [--concurrency 8]
+The stores:
+
+- dynamodb: dynalite behind a counting proxy in this process, which counts
+  calls by X-Amz-Target (and adds a hop production does not have);
+- postgres: a throw-away PostgreSQL cluster in a temporary directory (as the
+  tests start it: fsync off, as root run by the ``postgres`` user), created
+  and deleted by each run; statements are counted by pg_stat_statements in
+  the server, by verb and tables (``UPDATE router``), with no proxy. Its CPU
+  is the postmaster's and all its children's (one backend per connection).
+
+    .venv/bin/python scripts/bench/push_throughput.py [--store both] [--runs 1]
+        [--clients 50] [--pushes 2000] [--stored 500] [--concurrency 8] [--pg-bin DIR]
+
+With ``--runs R`` each store runs R times, the stores alternating (A B, B A,
+...), and each figure is the median over its store's runs with the range;
+every run measures its own floor, so each ratio is against a floor measured
+under the same load. PostgreSQL not installed: ``--store postgres`` says so
+and exits 2; ``both`` measures DynamoDB and reports postgres as skipped.
 
 Clients and the load generator run in separate processes. The direct,
 durable and floor phases start with an unmeasured warm-up of one push per
-client. The
-generator signs one VAPID JWT per subscription up front (valid for an hour)
-and reuses it. The counting proxy runs in this process; its CPU and
-dynalite's are printed for context.
+client. The generator signs one VAPID JWT per subscription up front (valid
+for an hour) and reuses it. The store's processes (dynalite and the counting
+proxy, or PostgreSQL) share the two cores; their CPU is printed for context.
 """
 
 from __future__ import annotations
@@ -37,30 +53,50 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
+import dataclasses
+import functools
 import http.client
 import itertools
 import json
 import os
+import pwd
+import re
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from tests.support.postgres import LocalPostgres
+    from tests.support.webpush import AppServer
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-READS = frozenset({"GetItem", "Query", "BatchGetItem", "Scan"})
-WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
+# DynamoDB targets and SQL verbs, to tell reads from writes among storage calls.
+READS = frozenset({"GetItem", "Query", "BatchGetItem", "Scan", "SELECT"})
+WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "INSERT", "UPDATE", "DELETE"})
+VERBS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+TOKEN = re.compile(r"[()]|[A-Za-z_]\w*")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETTLE_SECONDS = 0.5
 MSG_LIMIT = 150  # the connection node's default msg_limit per drain
+STORES = ["dynamodb", "postgres"]
+BENCH_SCHEMA = "bench"
+# The nodes need a DynamoDB endpoint setting; with AUTOPUSH_DB_URL set nothing calls it.
+UNUSED_DDB_URL = "http://127.0.0.1:9"
+EXIT_MISSING = 2  # a store asked for is not installed
 
 
 class BenchError(Exception):
@@ -234,7 +270,148 @@ def run_generator(job_path: str) -> int:
 
 
 # ---------------------------------------------------------------------------
-# Parent side
+# Stores: started for one run each, with the processes serving them and a call counter
+
+
+@dataclasses.dataclass
+class Store:
+    """A started store as a run sees it: how the nodes reach it, which processes
+    serve it (their CPU is printed for context) and how its calls are counted."""
+
+    name: str
+    description: str
+    ddb_url: str
+    settings: dict[str, str]
+    context_cpu: dict[str, Callable[[], float]]
+    calls: Callable[[], collections.Counter]
+
+
+def start_dynamodb(args: argparse.Namespace, started: list) -> Store:
+    """dynalite behind the counting proxy (one more hop than production has)."""
+    from tests.support.processes import LocalDynamoDB
+
+    database = LocalDynamoDB()
+    started.append(database.stop)
+    database.start()
+    proxy = make_counting_proxy(database.port).start()
+    started.append(proxy.stop)
+    return Store(
+        name="dynamodb", description="dynalite, calls counted by a proxy in front of it",
+        ddb_url=proxy.url, settings={},
+        context_cpu={"dynalite": functools.partial(cpu_seconds, database.process.pid),
+                     "counting proxy": functools.partial(cpu_seconds, os.getpid())},
+        calls=proxy.snapshot,
+    )
+
+
+def start_postgres(args: argparse.Namespace, started: list) -> Store:
+    """A throw-away cluster as the tests start it (temporary directory, fsync off),
+    with pg_stat_statements loaded so statements are counted in the server."""
+    from tests.support.postgres import LocalPostgres
+
+    cluster = LocalPostgres(args.pg_bin)
+    started.append(cluster.destroy)
+    cluster.start()
+    cluster.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    cluster.restart()
+    cluster.execute("CREATE EXTENSION pg_stat_statements")
+    counter = StatementCounter(cluster.url(), BENCH_SCHEMA)
+    started.append(counter.close)
+    return Store(
+        name="postgres",
+        description=f"PostgreSQL {counter.version}, throw-away local cluster (fsync off), "
+                    "statements counted by pg_stat_statements (no proxy)",
+        ddb_url=UNUSED_DDB_URL, settings={"AUTOPUSH_DB_URL": cluster.schema_url(BENCH_SCHEMA)},
+        context_cpu={"postgres": functools.partial(tree_cpu_seconds, postmaster_pid(cluster))},
+        calls=counter.snapshot,
+    )
+
+
+STARTERS: dict[str, Callable[[argparse.Namespace, list], Store]] = {
+    "dynamodb": start_dynamodb, "postgres": start_postgres,
+}
+
+
+def postgres_binaries(option: str | None) -> Path:
+    """The server binaries to run; ``PostgresMissing`` says why there are none.
+
+    Checked before any run, so ``--store postgres`` fails at once and ``both``
+    reports postgres as skipped instead of failing after the DynamoDB run.
+    """
+    from tests.support.postgres import SYSTEM_USER, PostgresMissing, find_binaries
+
+    binaries = Path(option) if option else find_binaries()
+    missing = [name for name in ("initdb", "pg_ctl", "postgres") if not (binaries / name).exists()]
+    if missing:
+        raise PostgresMissing(f"no {', '.join(missing)} in {binaries}")
+    if not (binaries.parent / "lib" / "pg_stat_statements.so").exists():
+        raise PostgresMissing(f"no pg_stat_statements module beside {binaries} (it counts the statements)")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise PostgresMissing(f"as root the server runs as the {SYSTEM_USER!r} user, "
+                                  "which does not exist") from None
+    return binaries
+
+
+def postmaster_pid(cluster: LocalPostgres) -> int:
+    return int((cluster.data / "postmaster.pid").read_text().split()[0])
+
+
+class StatementCounter:
+    """The nodes' statements by verb and tables (``SELECT channel_lists+router``),
+    the counterpart of DynamoDB's targets, read from pg_stat_statements.
+
+    Its own queries carry ``MARK`` and are left out. pg_stat_statements
+    updates its counts as each statement ends, so a snapshot right after the
+    last ack sees every statement.
+    """
+
+    MARK = "/* push-bench */"
+
+    def __init__(self, url: str, schema: str) -> None:
+        import psycopg
+
+        self._connection = psycopg.connect(url, autocommit=True)
+        self._schema = schema
+        self.version = self._query("SHOW server_version")[0][0]
+
+    def _query(self, statement: str, *params: object) -> list[tuple]:
+        return self._connection.execute(f"{self.MARK} {statement}", params or None).fetchall()
+
+    def snapshot(self) -> collections.Counter:
+        tables = {name for name, in self._query("SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                                                 self._schema)}
+        rows = self._query("SELECT query, calls FROM pg_stat_statements WHERE query NOT LIKE %s",
+                           f"%{self.MARK}%")
+        counts: collections.Counter = collections.Counter()
+        for query, calls in rows:
+            counts[statement_label(query, tables)] += calls
+        return counts
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def statement_label(query: str, tables: set[str]) -> str:
+    """The statement's verb (a WITH's main one: the first at parenthesis depth 0
+    after it) and the tables it names; ``BEGIN`` etc. as they are."""
+    depth, verb = 0, None
+    for token in TOKEN.findall(query):
+        depth += {"(": 1, ")": -1}.get(token, 0)
+        if depth == 0 and token.upper() in VERBS:
+            verb = token.upper()
+            break
+    verb = verb or (query.split(None, 1) or ["?"])[0].upper()
+    named = sorted({word for word in TOKEN.findall(query) if word in tables})
+    if not named:
+        return f"{verb} (no table)" if verb in VERBS else verb
+    return f"{verb} {'+'.join(named)}"
+
+
+# ---------------------------------------------------------------------------
+# Measuring
 
 
 def make_counting_proxy(upstream_port: int):
@@ -325,25 +502,45 @@ def worker_pid(master_pid: int) -> int:
     return int(children[0])
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime (fields 14, 15); with ``reaped_children`` also those of its
+    exited children (cutime, cstime: fields 16, 17)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """A process and its children, exited or running: PostgreSQL serves every
+    connection, and writes its WAL, from children of the postmaster."""
+    total = cpu_seconds(pid, reaped_children=True)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(int(child))
+    return total
 
 
 class Meter:
-    """CPU of some workers and DynamoDB calls between ``start()`` and ``stop()``."""
+    """CPU of some processes and storage calls between ``start()`` and ``stop()``.
 
-    def __init__(self, pids: dict[str, int], proxy) -> None:
-        self.pids = pids
-        self.proxy = proxy
+    Calls are snapshotted outside the CPU window: on PostgreSQL a snapshot is
+    a query, whose server time is not the nodes' work.
+    """
+
+    def __init__(self, cpu: dict[str, Callable[[], float]],
+                 calls: Callable[[], collections.Counter] | None) -> None:
+        self.cpu = cpu
+        self.calls = calls
 
     def start(self) -> None:
-        self._cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self._calls = self.proxy.snapshot() if self.proxy else collections.Counter()
+        self._calls = self.calls() if self.calls else collections.Counter()
+        self._cpu = {name: read() for name, read in self.cpu.items()}
 
     def stop(self) -> dict:
-        cpu = {name: cpu_seconds(pid) - self._cpu[name] for name, pid in self.pids.items()}
-        calls = self.proxy.snapshot() - self._calls if self.proxy else collections.Counter()
+        cpu = {name: read() - self._cpu[name] for name, read in self.cpu.items()}
+        calls = self.calls() - self._calls if self.calls else collections.Counter()
         return {"cpu": cpu, "calls": calls}
 
 
@@ -384,14 +581,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def per(calls: collections.Counter, count: int) -> str:
-    reads = sum(n for target, n in calls.items() if target in READS)
-    writes = sum(n for target, n in calls.items() if target in WRITES)
-    detail = ", ".join(f"{target} {n / count:.2f}" for target, n in sorted(calls.items()))
-    return (f"{sum(calls.values()) / count:.2f} (reads {reads / count:.2f}, writes {writes / count:.2f})"
-            + (f" [{detail}]" if detail else ""))
-
-
 def combine_rounds(rounds: list[dict]) -> dict:
     """One mode's figures from its rounds: rates over the summed windows, percentiles
     over every latency, CPU and storage calls summed."""
@@ -409,36 +598,15 @@ def combine_rounds(rounds: list[dict]) -> dict:
     }
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
+def timeout_for(count: int) -> float:
+    return 60 + count / 20
 
 
-def run(args: argparse.Namespace, workdir: Path, started: list) -> dict:
-    """The whole benchmark; ``started`` collects what must be stopped."""
-    from tests.support.processes import GunicornNode, LocalDynamoDB, free_port
-    from tests.support.stack import Stack
-    from tests.support.webpush import AppServer
-
-    database = LocalDynamoDB()
-    started.append(database.stop)
-    database.start()
-    proxy = make_counting_proxy(database.port).start()
-    started.append(proxy.stop)
-
-    stack = Stack(proxy.url, workdir)
-    started.append(stack.stop)
-    stack.start()
-    endpoint_pid = worker_pid(stack.endpoint.process.pid)
-    connection_pid = worker_pid(stack.connection.process.pid)
-
-    app_server = AppServer()
-    clients = ClientProcess(stack.ws_url, args.clients, app_server.application_server_key)
-    started.append(clients.stop)
-    subscriptions = clients.read(timeout=60 + args.clients * 0.5)["subscriptions"]
-
-    endpoint = urlsplit(stack.endpoint_url)
+def signed_targets(app_server: AppServer, endpoint_url: str, subscriptions: list[dict]) -> list[list]:
+    """``[path, headers]`` per subscription: one VAPID JWT each, valid for the hour,
+    signed up front so the generator spends nothing on signing."""
+    endpoint = urlsplit(endpoint_url)
     origin = f"{endpoint.scheme}://{endpoint.netloc}"
-    body = fake_aes128gcm_body()
     targets = []
     for subscription in subscriptions:
         claims = {"sub": "mailto:bench@example.com", "aud": origin, "exp": int(time.time()) + 3600}
@@ -449,27 +617,56 @@ def run(args: argparse.Namespace, workdir: Path, started: list) -> dict:
             "TTL": "60",
         }
         targets.append([urlsplit(subscription["endpoint"]).path, headers])
+    return targets
 
-    def job(count: int, port: int) -> dict:
-        return push_job(targets, "127.0.0.1", port, count, args.concurrency, body)
 
-    def timeout_for(count: int) -> float:
-        return 60 + count / 20
+class PushBench:
+    """One run on one started store: a stack, its clients and the pushes they get.
 
-    def meter(endpoint_worker: int) -> Meter:
-        return Meter({"endpoint": endpoint_worker, "connection": connection_pid,
-                      "dynalite": database.process.pid, "proxy": os.getpid()}, proxy)
+    Everything started is added to ``started``, which the caller stops.
+    """
 
-    def warm_up(port: int) -> None:
-        generate(job(args.clients, port), workdir, timeout_for(args.clients))
-        clients.wait_for(args.clients, timeout_for(args.clients))
+    def __init__(self, args: argparse.Namespace, workdir: Path, started: list, store: Store) -> None:
+        from tests.support.stack import Stack
+        from tests.support.webpush import AppServer
+
+        self.args, self.workdir, self.started, self.store = args, workdir, started, store
+        self.stack = Stack(store.ddb_url, workdir, **store.settings)
+        started.append(self.stack.stop)
+        self.stack.start()
+        self.connection_pid = worker_pid(self.stack.connection.process.pid)
+        app_server = AppServer()
+        self.clients = ClientProcess(self.stack.ws_url, args.clients, app_server.application_server_key)
+        started.append(self.clients.stop)
+        subscriptions = self.clients.read(timeout=60 + args.clients * 0.5)["subscriptions"]
+        self.targets = signed_targets(app_server, self.stack.endpoint_url, subscriptions)
+        self.body = fake_aes128gcm_body()
+
+    def run(self) -> dict:
+        results = self.direct_and_durable()
+        results["floor"] = self.floor()
+        results.update(self.stored_and_drained())
+        return {**results, "store": self.store.description}
+
+    def job(self, count: int, port: int) -> dict:
+        return push_job(self.targets, "127.0.0.1", port, count, self.args.concurrency, self.body)
+
+    def meter(self, endpoint_worker: int) -> Meter:
+        return Meter({"endpoint": functools.partial(cpu_seconds, endpoint_worker),
+                      "connection": functools.partial(cpu_seconds, self.connection_pid),
+                      **self.store.context_cpu}, self.store.calls)
+
+    def warm_up(self, port: int) -> None:
+        count = self.args.clients
+        generate(self.job(count, port), self.workdir, timeout_for(count))
+        self.clients.wait_for(count, timeout_for(count))
         time.sleep(SETTLE_SECONDS)
 
-    def push_round(port: int, measured: Meter, count: int) -> dict:
+    def push_round(self, port: int, measured: Meter, count: int) -> dict:
         """``count`` pushes to the connected clients through the endpoint on ``port``."""
         measured.start()
-        sent = generate(job(count, port), workdir, timeout_for(count))
-        received = clients.wait_for(count, timeout_for(count))
+        sent = generate(self.job(count, port), self.workdir, timeout_for(count))
+        received = self.clients.wait_for(count, timeout_for(count))
         time.sleep(SETTLE_SECONDS)  # let the last acks reach the connection worker (and their deletes)
         figures = measured.stop()
         missing = [version for _, _, version in sent["sends"] if version not in received]
@@ -482,148 +679,306 @@ def run(args: argparse.Namespace, workdir: Path, started: list) -> dict:
             **figures,
         }
 
-    durable = stack.another_endpoint("endpoint-durable", AUTOPUSH_DURABLE_DIRECT="true")
-    modes = {"direct": (endpoint.port, meter(endpoint_pid)),
-             "durable": (durable.port, meter(worker_pid(durable.process.pid)))}
-    for port, _ in modes.values():
-        warm_up(port)
-    # Each mode's N pushes in two halves, in the order direct, durable, durable,
-    # direct: a drift in the machine's load weighs on both modes alike.
-    half = args.pushes // 2
-    rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
-    for mode, count in (("direct", half), ("durable", half), ("durable", args.pushes - half),
-                        ("direct", args.pushes - half)):
-        port, measured = modes[mode]
-        rounds[mode].append(push_round(port, measured, count))
-    results: dict = {mode: combine_rounds(parts) for mode, parts in rounds.items()}
-    durable.stop()
-    both = modes["direct"][1]
+    def direct_and_durable(self) -> dict:
+        """Each mode's N pushes in two halves, in the order direct, durable, durable,
+        direct: a drift in the machine's load weighs on both modes alike."""
+        durable = self.stack.another_endpoint("endpoint-durable", AUTOPUSH_DURABLE_DIRECT="true")
+        endpoint = self.stack.endpoint
+        self.direct_meter = self.meter(worker_pid(endpoint.process.pid))
+        modes = {"direct": (endpoint.port, self.direct_meter),
+                 "durable": (durable.port, self.meter(worker_pid(durable.process.pid)))}
+        for port, _ in modes.values():
+            self.warm_up(port)
+        half = self.args.pushes // 2
+        rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
+        for mode, count in (("direct", half), ("durable", half), ("durable", self.args.pushes - half),
+                            ("direct", self.args.pushes - half)):
+            port, measured = modes[mode]
+            rounds[mode].append(self.push_round(port, measured, count))
+        durable.stop()
+        return {mode: combine_rounds(parts) for mode, parts in rounds.items()}
 
-    # Floor: the same requests to a bare Flask view under the same gevent worker.
-    floor_port = free_port()
-    floor = GunicornNode("scripts.bench.flask_floor:app", {**os.environ, "PYTHONPATH": str(ROOT)},
-                         port=floor_port)
-    started.append(floor.stop)
-    floor.start(workdir / "floor.log")
-    floor_meter = Meter({"floor": worker_pid(floor.process.pid)}, None)
-    generate(job(args.clients, floor_port), workdir, timeout_for(args.clients))
-    time.sleep(SETTLE_SECONDS)
-    floor_meter.start()
-    floor_sent = generate(job(args.pushes, floor_port), workdir, timeout_for(args.pushes))
-    results["floor"] = {
-        "rate": args.pushes / (floor_sent["finished"] - floor_sent["started"]),
-        **floor_meter.stop(),
-    }
-    floor.stop()
+    def floor(self) -> dict:
+        """The same requests to a bare Flask view under the same gevent worker."""
+        from tests.support.processes import GunicornNode
 
-    # Stored: clients away, M pushes stored, clients back and draining.
-    clients.command(30, cmd="disconnect")
-    time.sleep(1.0)  # the connection worker notices the closed sockets
-    both.start()
-    stored_sent = generate(job(args.stored, endpoint.port), workdir, timeout_for(args.stored))
-    stored = both.stop()
-    both.start()
-    reconnected = clients.command(60 + args.clients * 0.5, cmd="reconnect")
-    drained = clients.wait_for(args.stored, timeout_for(args.stored))
-    time.sleep(SETTLE_SECONDS)  # the last acks delete their messages
-    drain = both.stop()
-    missing = [version for _, _, version in stored_sent["sends"] if version not in drained]
-    if missing:
-        raise BenchError(f"{len(missing)} stored message ids were never drained, e.g. {missing[0]}")
-    results["stored"] = {
-        "rate": args.stored / (stored_sent["finished"] - stored_sent["started"]), **stored,
-    }
-    results["drain"] = {
-        "rate": args.stored / (max(drained.values()) - reconnected["started"]),
-        "reconnect_seconds": reconnected["connected"] - reconnected["started"],
-        **drain,
-    }
+        floor = GunicornNode("scripts.bench.flask_floor:app", {**os.environ, "PYTHONPATH": str(ROOT)})
+        self.started.append(floor.stop)
+        floor.start(self.workdir / "floor.log")
+        measured = Meter({"floor": functools.partial(cpu_seconds, worker_pid(floor.process.pid))}, None)
+        generate(self.job(self.args.clients, floor.port), self.workdir, timeout_for(self.args.clients))
+        time.sleep(SETTLE_SECONDS)
+        measured.start()
+        sent = generate(self.job(self.args.pushes, floor.port), self.workdir, timeout_for(self.args.pushes))
+        figures = measured.stop()
+        floor.stop()
+        return {"rate": self.args.pushes / (sent["finished"] - sent["started"]), **figures}
+
+    def stored_and_drained(self) -> dict:
+        """Clients away, M pushes stored, clients back and draining (acking each)."""
+        stored_count, both = self.args.stored, self.direct_meter
+        self.clients.command(30, cmd="disconnect")
+        time.sleep(1.0)  # the connection worker notices the closed sockets
+        both.start()
+        sent = generate(self.job(stored_count, self.stack.endpoint.port), self.workdir, timeout_for(stored_count))
+        stored = both.stop()
+        both.start()
+        reconnected = self.clients.command(60 + self.args.clients * 0.5, cmd="reconnect")
+        drained = self.clients.wait_for(stored_count, timeout_for(stored_count))
+        time.sleep(SETTLE_SECONDS)  # the last acks delete their messages
+        drain = both.stop()
+        missing = [version for _, _, version in sent["sends"] if version not in drained]
+        if missing:
+            raise BenchError(f"{len(missing)} stored message ids were never drained, e.g. {missing[0]}")
+        return {
+            "stored": {"rate": stored_count / (sent["finished"] - sent["started"]), **stored},
+            "drain": {"rate": stored_count / (max(drained.values()) - reconnected["started"]),
+                      "reconnect_seconds": reconnected["connected"] - reconnected["started"], **drain},
+        }
+
+
+# ---------------------------------------------------------------------------
+# Figures: per run, then median and spread over a store's runs
+
+
+def prefixed(prefix: str, figures: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix} {key}": value for key, value in figures.items()}
+
+
+def cpu_ms(cpu: dict[str, float], count: int) -> dict[str, float]:
+    return {f"cpu {name}": seconds / count * 1000 for name, seconds in cpu.items()}
+
+
+def run_figures(args: argparse.Namespace, result: dict) -> dict[str, float]:
+    """Every printed figure of one run. Ratios are taken within the run, so each
+    is against the floor (and direct mode) measured under the same load."""
+    n, m = args.pushes, args.stored
+    figures: dict[str, float] = {}
+    for mode in ("direct", "durable"):
+        part = result[mode]
+        figures.update(prefixed(mode, {"rate": part["rate"], "accepted": part["accepted_rate"],
+                                       "p50": part["p50"] * 1000, "p99": part["p99"] * 1000,
+                                       **cpu_ms(part["cpu"], n)}))
+    figures.update(prefixed("floor", {"rate": result["floor"]["rate"], **cpu_ms(result["floor"]["cpu"], n)}))
+    figures["ratio"] = figures["direct cpu endpoint"] / figures["floor cpu floor"]
+    for node in ("endpoint", "connection"):
+        figures[f"durable vs direct {node}"] = (figures[f"durable cpu {node}"] / figures[f"direct cpu {node}"] - 1) * 100
+    figures.update(prefixed("stored", {"rate": result["stored"]["rate"], **cpu_ms(result["stored"]["cpu"], m)}))
+    drain = result["drain"]
+    figures.update(prefixed("drain", {"rate": drain["rate"], "reconnect": drain["reconnect_seconds"],
+                                      **cpu_ms(drain["cpu"], m)}))
+    return figures
+
+
+Summary = dict[str, tuple[float, float, float]]
+
+
+def summarize(runs: list[dict[str, float]]) -> Summary:
+    """``{figure: (median, min, max)}`` over the runs."""
+    return {key: (statistics.median(values), min(values), max(values))
+            for key in runs[0] for values in [[run[key] for run in runs]]}
+
+
+def show(figure: tuple[float, float, float], spec: str) -> str:
+    """``147 [139–152]``: the median and, over several runs, the range."""
+    median, low, high = figure
+    text = format(median, spec)
+    return text if low == high else f"{text} [{format(low, spec)}–{format(high, spec)}]"
+
+
+def summed_calls(runs: list[dict], phase: str) -> collections.Counter:
+    total: collections.Counter = collections.Counter()
+    for run in runs:
+        total.update(run[phase]["calls"])
+    return total
+
+
+def share(value: float) -> str:
+    """Calls per message; a rare call (the hourly purge landing in a window) shows as <0.01, not 0.00."""
+    return f"{value:.2f}" if value >= 0.005 else "<0.01"
+
+
+def per(calls: collections.Counter, count: int) -> str:
+    """Calls per message, reads and writes told apart by the target's or statement's verb."""
+    reads = sum(n for label, n in calls.items() if label.split()[0] in READS)
+    writes = sum(n for label, n in calls.items() if label.split()[0] in WRITES)
+    detail = ", ".join(f"{label} {share(n / count)}" for label, n in sorted(calls.items()))
+    return (f"{sum(calls.values()) / count:.2f} (reads {reads / count:.2f}, writes {writes / count:.2f})"
+            + (f" [{detail}]" if detail else ""))
+
+
+def print_mode(mode: str, figures: Summary, runs: list[dict], count: int, context: list[str]) -> None:
+    def fig(key: str, spec: str = ".2f") -> str:
+        return show(figures[f"{mode} {key}"], spec)
+
+    print(f"{mode}: {fig('rate', '.0f')} notifications/s (accepted {fig('accepted', '.0f')}/s), "
+          f"latency p50 {fig('p50')} ms p99 {fig('p99')} ms")
+    print(f"storage calls per {mode} notification: {per(summed_calls(runs, mode), count * len(runs))}")
+    line = f"cpu per {mode} notification: endpoint {fig('cpu endpoint')} ms, connection {fig('cpu connection')} ms"
+    if mode == "durable":
+        line += (f" (vs direct: endpoint {show(figures['durable vs direct endpoint'], '+.0f')}%, "
+                 f"connection {show(figures['durable vs direct connection'], '+.0f')}%)")
+    print(line)
+    print("  (same window: " + ", ".join(f"{name} {fig(f'cpu {name}')} ms" for name in context)
+          + " cpu per notification)")
+
+
+def report_store(args: argparse.Namespace, name: str, runs: list[dict]) -> None:
+    figures = summarize([run_figures(args, run) for run in runs])
+    runs_m = args.stored * len(runs)
+    context = [key for key in runs[0]["direct"]["cpu"] if key not in ("endpoint", "connection")]
+    print(f"\n== {name}: {runs[0]['store']}; {len(runs)} run{'s' * (len(runs) > 1)}")
+    for mode in ("direct", "durable"):
+        print_mode(mode, figures, runs, args.pushes, context)
+    print(f"floor: {show(figures['floor cpu floor'], '.2f')} ms cpu per request "
+          f"({show(figures['floor rate'], '.0f')} requests/s); ratio {show(figures['ratio'], '.2f')} (target <= 5)")
+    print(f"stored: {show(figures['stored rate'], '.0f')} pushes/s accepted; "
+          f"storage calls per push: {per(summed_calls(runs, 'stored'), runs_m)}")
+    print(f"cpu per stored push: endpoint {show(figures['stored cpu endpoint'], '.2f')} ms, "
+          f"connection {show(figures['stored cpu connection'], '.2f')} ms")
+    print(f"drain: {show(figures['drain rate'], '.0f')} messages/s (reconnect of {args.clients} clients "
+          f"{show(figures['drain reconnect'], '.2f')} s); storage calls per message: "
+          f"{per(summed_calls(runs, 'drain'), runs_m)}")
+    print(f"cpu per drained message: connection {show(figures['drain cpu connection'], '.2f')} ms, "
+          f"endpoint {show(figures['drain cpu endpoint'], '.2f')} ms")
+
+
+def report(args: argparse.Namespace, results: dict[str, list[dict]], skipped: dict[str, str],
+           elapsed: float, loads: tuple[float, float]) -> None:
+    print()
+    print(f"clients: {args.clients}, direct pushes: {args.pushes}, stored pushes: {args.stored}, "
+          f"concurrency: {args.concurrency}, run time {elapsed:.0f} s, "
+          f"load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end")
+    print("figures: median [min–max] over a store's runs; storage calls: mean; "
+          "each run measures its own floor")
+    for name, runs in results.items():
+        report_store(args, name, runs)
+    for name, reason in skipped.items():
+        print(f"\n== {name}: skipped: {reason}")
+
+
+# ---------------------------------------------------------------------------
+# Runs
+
+
+def schedule(stores: list[str], runs: int) -> list[str]:
+    """The stores' runs alternated (A B, B A, A B, ...): a drift in the machine's
+    load then weighs on every store alike."""
+    return [name for index in range(runs) for name in (stores if index % 2 == 0 else stores[::-1])]
+
+
+def stop_all(started: list) -> None:
+    for stop in reversed(started):
+        try:
+            stop()
+        except Exception as error:  # noqa: BLE001 - keep stopping the rest
+            print(f"push_throughput: cleanup: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def measure_once(args: argparse.Namespace, store_name: str, workdir: Path) -> dict:
+    """One run on a store started for it, and stopped after it whatever happens."""
+    started: list = []
+    try:
+        store = STARTERS[store_name](args, started)
+        return PushBench(args, workdir, started, store).run()
+    finally:
+        stop_all(started)
+
+
+def print_log_tails(workdir: Path) -> None:
+    for log in sorted(workdir.glob("*.log")):
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
+        if tail.strip():
+            print(f"--- {log.name} (last lines) ---\n{tail}", file=sys.stderr)
+
+
+def run_all(args: argparse.Namespace, stores: list[str], tmp: Path) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {name: [] for name in stores}
+    plan = schedule(stores, args.runs)
+    for index, name in enumerate(plan, 1):
+        workdir = tmp / f"{index}-{name}"
+        workdir.mkdir()
+        print(f"push_throughput: run {index} of {len(plan)}: {name}", file=sys.stderr, flush=True)
+        try:
+            results[name].append(measure_once(args, name, workdir))
+        except Exception:
+            print_log_tails(workdir)
+            raise
     return results
 
 
-def report(args: argparse.Namespace, results: dict, elapsed: float) -> None:
-    direct, floor, stored, drain = results["direct"], results["floor"], results["stored"], results["drain"]
-    n, m = args.pushes, args.stored
-    endpoint_cpu = direct["cpu"]["endpoint"] / n
-    floor_cpu = floor["cpu"]["floor"] / n
-    print()
-    print(f"clients: {args.clients}, direct pushes: {n}, stored pushes: {m}, "
-          f"concurrency: {args.concurrency}, run time {elapsed:.0f} s")
-    print(f"direct: {direct['rate']:.0f} notifications/s (accepted {direct['accepted_rate']:.0f}/s), "
-          f"latency p50 {ms(direct['p50'])} p99 {ms(direct['p99'])}")
-    print(f"storage calls per direct notification: {per(direct['calls'], n)}")
-    print(f"cpu per direct notification: endpoint {ms(endpoint_cpu)}, "
-          f"connection {ms(direct['cpu']['connection'] / n)}")
-    print(f"  (same window: dynalite {ms(direct['cpu']['dynalite'] / n)}, "
-          f"counting proxy {ms(direct['cpu']['proxy'] / n)} cpu per notification)")
-    durable = results["durable"]
-    print(f"durable: {durable['rate']:.0f} notifications/s (accepted {durable['accepted_rate']:.0f}/s), "
-          f"latency p50 {ms(durable['p50'])} p99 {ms(durable['p99'])}")
-    print(f"storage calls per durable notification: {per(durable['calls'], n)}")
-    print(f"cpu per durable notification: endpoint {ms(durable['cpu']['endpoint'] / n)}, "
-          f"connection {ms(durable['cpu']['connection'] / n)} (vs direct: endpoint "
-          f"{(durable['cpu']['endpoint'] / direct['cpu']['endpoint'] - 1) * 100:+.0f}%, connection "
-          f"{(durable['cpu']['connection'] / direct['cpu']['connection'] - 1) * 100:+.0f}%)")
-    print(f"  (same window: dynalite {ms(durable['cpu']['dynalite'] / n)}, "
-          f"counting proxy {ms(durable['cpu']['proxy'] / n)} cpu per notification)")
-    print(f"floor: {ms(floor_cpu)} cpu per request ({floor['rate']:.0f} requests/s); "
-          f"ratio {endpoint_cpu / floor_cpu:.2f} (target <= 5)")
-    print(f"stored: {stored['rate']:.0f} pushes/s accepted; storage calls per push: {per(stored['calls'], m)}")
-    print(f"cpu per stored push: endpoint {ms(stored['cpu']['endpoint'] / m)}, "
-          f"connection {ms(stored['cpu']['connection'] / m)}")
-    print(f"drain: {drain['rate']:.0f} messages/s (reconnect of {args.clients} clients "
-          f"{drain['reconnect_seconds']:.2f} s); storage calls per message: {per(drain['calls'], m)}")
-    print(f"cpu per drained message: connection {ms(drain['cpu']['connection'] / m)}, "
-          f"endpoint {ms(drain['cpu']['endpoint'] / m)}")
+def choose_stores(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The stores to run, and those skipped with the reason. Raises ``PostgresMissing``
+    when PostgreSQL was the only store asked for."""
+    from tests.support.postgres import PostgresMissing
+
+    wanted = list(STORES) if args.store == "both" else [args.store]
+    if "postgres" not in wanted:
+        return wanted, {}
+    try:
+        args.pg_bin = postgres_binaries(args.pg_bin)
+    except PostgresMissing as error:
+        if args.store == "postgres":
+            raise
+        return ["dynamodb"], {"postgres": f"PostgreSQL is not installed: {error}"}
+    return wanted, {}
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=(*STORES, "both"), default="both",
+                        help="storage backend(s) to measure (default both)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs per store, alternating stores; figures are medians (default 1)")
     parser.add_argument("--clients", type=int, default=50, help="connected push clients (default 50)")
     parser.add_argument("--pushes", type=int, default=2000, help="direct pushes (default 2000)")
     parser.add_argument("--stored", type=int, default=500, help="pushes stored while offline (default 500)")
     parser.add_argument("--concurrency", type=int, default=8, help="generator connections (default 8)")
+    parser.add_argument("--pg-bin", metavar="DIR",
+                        help="PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)")
     parser.add_argument("--client-process", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--generator", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client_process or args.generator:
+        return args
+    if min(args.clients, args.pushes, args.stored, args.concurrency, args.runs) < 1:
+        parser.error("--clients, --pushes, --stored, --concurrency and --runs must be positive")
+    if args.stored > args.clients * MSG_LIMIT:
+        parser.error(f"--stored may be at most {MSG_LIMIT} per client (the drain limit)")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if args.client_process:
         return run_clients(args.client_process, args.clients, args.key)
     if args.generator:
         return run_generator(args.generator)
+    from tests.support.postgres import PostgresMissing
 
-    if min(args.clients, args.pushes, args.stored, args.concurrency) < 1:
-        parser.error("--clients, --pushes, --stored and --concurrency must be positive")
-    if args.stored > args.clients * MSG_LIMIT:
-        parser.error(f"--stored may be at most {MSG_LIMIT} per client (the drain limit)")
+    try:
+        stores, skipped = choose_stores(args)
+    except PostgresMissing as error:
+        print(f"push_throughput: --store postgres, but PostgreSQL is not installed: {error}", file=sys.stderr)
+        return EXIT_MISSING
+    for name, reason in skipped.items():
+        print(f"push_throughput: {name} skipped: {reason}", file=sys.stderr)
 
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
-    began = time.monotonic()
-    started: list = []
+    began, load_before = time.monotonic(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="push-bench-") as tmp:
-        workdir = Path(tmp)
         try:
-            results = run(args, workdir, started)
+            results = run_all(args, stores, Path(tmp))
         except (Exception, KeyboardInterrupt) as error:
             print(f"push_throughput: failed: {type(error).__name__}: {error}", file=sys.stderr)
-            if not isinstance(error, KeyboardInterrupt):
-                for log in sorted(workdir.glob("*.log")):
-                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-8:])
-                    if tail.strip():
-                        print(f"--- {log.name} (last lines) ---\n{tail}", file=sys.stderr)
             return 1
-        finally:
-            for stop in reversed(started):
-                try:
-                    stop()
-                except Exception as error:  # noqa: BLE001 - keep stopping the rest
-                    print(f"push_throughput: cleanup: {type(error).__name__}: {error}", file=sys.stderr)
-    report(args, results, time.monotonic() - began)
+    report(args, results, skipped, time.monotonic() - began, (load_before, os.getloadavg()[0]))
     return 0
 
 
