@@ -412,3 +412,19 @@ def test_a_query_under_gevent_lets_other_greenlets_run(postgres_url: str) -> Non
     unpatched = _probe(postgres_url, "unpatched")
     assert unpatched["wait"] == "wait_c"
     assert unpatched["ticks"] < 10, unpatched
+
+
+def test_statements_time_out_unless_the_url_says_otherwise(make_storage, postgres_url: str) -> None:
+    """A stuck server must not hold a write past the bookmark margin; the URL's own options stay."""
+    def show(store: PostgresStorage, name: str) -> str:
+        with store._connection("show", data=False) as connection:
+            return connection.execute(f"SHOW {name}").fetchone()[name]
+
+    def timeout_of(store: PostgresStorage) -> str:
+        return show(store, "statement_timeout")
+
+    store = make_storage()
+    assert timeout_of(store) == "10s"
+    assert show(store, "search_path").startswith("t")  # the URL's schema option is kept beside it
+    own = postgres_url + "%20-c%20statement_timeout%3D2500"
+    assert timeout_of(make_storage(url=own)) == "2500ms"

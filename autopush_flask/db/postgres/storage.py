@@ -77,6 +77,7 @@ PURGED_TABLES = ("router", "channel_lists", "messages")
 DAY_SECONDS = 24 * 3600
 # SQLSTATEs of a connection refused for what waiting cannot fix: bad user or
 # password, unknown database.
+STATEMENT_TIMEOUT_MS = 10_000
 CONFIGURATION_SQLSTATES = frozenset({"28000", "28P01", "3D000"})
 CONFIGURATION_PHRASES = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
 
@@ -665,7 +666,12 @@ class PostgresStorage:
 
 
 def _connection_options(url: str) -> dict[str, Any]:
-    """Autocommit, dict rows, and a connect timeout unless the URL sets one."""
+    """Autocommit, dict rows, and connect and statement timeouts unless the URL sets its own.
+
+    A statement stalled on a stuck server must fail well inside the
+    bookmark margin (60 s, ``session._advance_bookmark``): 10 s, DynamoDB's
+    read timeout, turns it into a retryable ``StorageUnavailable``.
+    """
     options: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
     try:
         given = conninfo_to_dict(url)
@@ -675,6 +681,9 @@ def _connection_options(url: str) -> dict[str, Any]:
         options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if "application_name" not in given:
         options["application_name"] = "autopush-flask"
+    given_options = given.get("options", "")
+    if "statement_timeout" not in given_options:
+        options["options"] = f"{given_options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
     return options
 
 
