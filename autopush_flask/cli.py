@@ -17,6 +17,7 @@ Settings come from the ``AUTOPUSH_*`` environment, as for the endpoint node.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import urllib.parse
@@ -63,6 +64,9 @@ def command_settings(command: str) -> Settings:
 def command_storage(command: str, settings: Settings) -> Iterator[Storage]:
     """Storage for one command; any storage failure ends it with one line."""
     name, where = store_description(settings)
+    # The connection pool warns on each failed connect; the command's own
+    # one line says what failed.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         storage = create_storage(settings, NullMetrics())
     except ValueError as error:  # botocore: "Invalid endpoint: …"
