@@ -61,6 +61,10 @@ class Storage(Protocol):
         """Periodic duty, cheap to call often (rotation: switch tables at the month's turn)."""
         ...
 
+    def close(self) -> None:
+        """Release the store's connections; the store is not used afterwards."""
+        ...
+
     def check_health(self) -> dict[str, dict[str, str]]:
         """The store's entries of ``/health``: ``{"status": "OK"}`` or ``NOT OK`` with an error."""
         ...

@@ -141,6 +141,9 @@ class MemoryStorage:
     def maintain(self) -> None:
         """No tables to rotate."""
 
+    def close(self) -> None:
+        """No connections to release."""
+
     def check_health(self) -> dict[str, dict[str, str]]:
         """The same entries as DynamoDB's, so ``/health`` reads alike; dicts are always there."""
         return {"router_table": {"status": "OK"}, "message_table": {"status": "OK"}}

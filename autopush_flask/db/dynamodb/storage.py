@@ -120,6 +120,9 @@ class DynamoStorage:
         """DynamoDB's TTL deletes expired items itself; reads already skip them."""
         return 0
 
+    def close(self) -> None:
+        """Nothing to release: idle keep-alive connections close with the process."""
+
     def check_health(self) -> dict[str, dict[str, str]]:
         """The per-table entries of ``/health`` (SPEC §4.13)."""
         return {
