@@ -52,7 +52,7 @@ run: install
 	$(VPY) scripts/run-local --db $(DB)
 
 docs: install
-	$(VPY) scripts/settings-reference --write README.md
+	$(VPY) scripts/settings-reference --write docs/operations.md
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache

@@ -1,6 +1,6 @@
 """What the code emits, read from its syntax tree: metric names with tag keys, log events with fields.
 
-The README's observability reference is checked against this, so a metric or
+The observability reference in docs/operations.md is checked against this, so a metric or
 log field added in code without documentation fails the tests.
 """
 
