@@ -1,1 +1,1 @@
-"""Connection node: WebSocket sessions, client registry and private router."""
+"""Connection node: WebSocket sessions, client registry and the private node API."""

@@ -3,8 +3,8 @@
 The WSGI object gunicorn serves is a ``ConnectionApp``: WebSocket upgrades
 to ``/`` go straight to a ``ClientConnection`` (no Flask request context is
 kept alive for the hours a browser stays connected); every other request
-goes to the public Flask app (health routes). The private router is a
-second Flask app, served on the worker's router port by ``node.start``.
+goes to the public Flask app (health routes). The private HTTP API
+(``node_api.py``) is a second Flask app, served on the worker's router port by ``node.start``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from flask import Flask
 
 from autopush_flask.config import Settings
 from autopush_flask.connection.node import ConnectionNode
-from autopush_flask.connection.router import NODE_KEY, protect, router
-from autopush_flask.connection.transport import ClientConnection
+from autopush_flask.connection.node_api import NODE_KEY, node_api, protect
 from autopush_flask.health import health
 from autopush_flask.services import Services, build_services, install
 
@@ -27,10 +26,15 @@ SUBPROTOCOL = "push-notification"
 class ConnectionApp:
     """WSGI entry of a connection worker."""
 
-    def __init__(self, public_app: Flask, router_app: Flask, node: ConnectionNode) -> None:
+    def __init__(self, public_app: Flask, node_api_app: Flask, node: ConnectionNode) -> None:
         self.public_app = public_app
-        self.router_app = router_app
+        self.node_api_app = node_api_app
         self.node = node
+
+    @property
+    def router_app(self) -> Flask:
+        """``node_api_app`` under its former name, which tests outside the connection package still use."""
+        return self.node_api_app
 
     @property
     def current_app(self) -> ConnectionApp:
@@ -47,13 +51,13 @@ class ConnectionApp:
 
     def start(self, host: str | None = None) -> None:
         """Serve the router on ``host`` (default ``AUTOPUSH_ROUTER_BIND``) and start the timers."""
-        self.node.start(self.router_app, host)
+        self.node.start(self.node_api_app, host)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         websocket = environ.get("wsgi.websocket")
         if websocket is not None and environ.get("PATH_INFO") == "/":
             user_agent = environ.get("HTTP_USER_AGENT", "")
-            ClientConnection(self.node, websocket, user_agent).serve()
+            self.node.serve_client(websocket, user_agent)
             return []
         return self.public_app(environ, start_response)
 
@@ -75,8 +79,8 @@ def create_connection_app(
         slot = int(os.environ.get(SLOT_VARIABLE, "0"))
     node = ConnectionNode(node_services, slot)
     public_app = _flask_app("autopush_flask.connection", node_services, node)
-    router_app = _flask_app("autopush_flask.connection.router", node_services, node)
-    router_app.register_blueprint(router)
-    protect(router_app, node.settings.router_max_requests, node.settings.max_data, node_services.metrics)
-    return ConnectionApp(public_app, router_app, node)
+    node_api_app = _flask_app("autopush_flask.connection.node_api", node_services, node)
+    node_api_app.register_blueprint(node_api)
+    protect(node_api_app, node.settings.router_max_requests, node.settings.max_data, node_services.metrics)
+    return ConnectionApp(public_app, node_api_app, node)
 

@@ -1,8 +1,9 @@
-"""What a session asks its transport to do (DESIGN §4).
+"""What a session asks its transport to do (docs/architecture.md#the-session-generators-of-effects).
 
-Session handlers are generators that yield these; the transport performs
-each one and sends back its result (or throws its exception) into the
-generator. Unit tests perform them without sockets.
+Session handlers are generators that yield these, and the storage
+operations of ``storage_ops.py``; the transport performs each one and sends
+back its result (or throws its exception) into the generator. Unit tests
+perform them without sockets.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from autopush_flask.connection.storage_ops import StorageOp
 from autopush_flask.db.errors import StorageError
 
 
@@ -30,14 +32,6 @@ class Close:
 
 
 @dataclass(frozen=True)
-class Db:
-    """Run a storage operation; its result (or ``StorageError``) comes back."""
-
-    name: str
-    call: Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
 class Retry:
     """Hand a storage write that failed to the worker's retry queue (``retries.py``).
 
@@ -47,17 +41,21 @@ class Retry:
     once it has landed.
     """
 
-    operation: str
-    call: Callable[[Any], Any]
+    op: StorageOp
     give_up_at: float
     uaid: str
     message_ids: tuple[str, ...] = ()
     notify: bool = False
 
+    @property
+    def operation(self) -> str:
+        """The write's name in logs and metrics."""
+        return self.op.name
+
 
 @dataclass(frozen=True)
 class NodeRequest:
-    """Fire-and-forget HTTP call to another node's private router."""
+    """Fire-and-forget HTTP call to another node's private API (``node_api.py``)."""
 
     method: str
     url: str
@@ -88,14 +86,14 @@ class PingFrame:
     """Send a WebSocket ping frame and expect a pong within the auto-ping timeout."""
 
 
-Effect = Send | Close | Db | Retry | NodeRequest | Sleep | Schedule | Identify | PingFrame
+Effect = Send | Close | StorageOp | Retry | NodeRequest | Sleep | Schedule | Identify | PingFrame
 
 
 def drive(handler: Generator[Any, Any, None], perform: Callable[[Any], Any]) -> None:
     """Run a session handler to its end, performing each effect it yields.
 
-    A ``StorageError`` raised while performing a ``Db`` effect is thrown back
-    into the handler, which decides what the SPEC says to do about it; any
+    A ``StorageError`` raised while performing a storage operation is thrown back
+    into the handler, which decides what the protocol says to do about it; any
     other exception is the transport's business and propagates.
     """
     result: Any = None

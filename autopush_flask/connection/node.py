@@ -1,7 +1,7 @@
-"""One connection node = one gunicorn worker process (DESIGN §1).
+"""One connection node = one gunicorn worker process (docs/architecture.md#processes).
 
 Holds what all of the worker's clients share: the client table, the
-private router server on ``router_port + slot``, the timers, Megaphone
+private HTTP API (``node_api``) on ``AUTOPUSH_ROUTER_PORT + slot``, the timers, Megaphone
 polling and node-to-node HTTP.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -20,12 +19,16 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from autopush_flask.connection import greenlets
-from autopush_flask.connection.broadcast import BroadcastRegistry, MegaphonePoller
+from autopush_flask.connection.broadcast import BroadcastRegistry
+from autopush_flask.connection.megaphone import MegaphonePoller
 from autopush_flask.connection.registry import ClientRegistry
 from autopush_flask.connection.retries import RetryQueue
-from autopush_flask.connection.router import router_server_tls
+from autopush_flask.connection.node_api import node_api_tls
 from autopush_flask.connection.session import NodeContext, SessionLimits
-from autopush_flask.db import Storage, StorageError
+from autopush_flask.connection.storage_ops import StorageOp, run_storage
+from autopush_flask.connection.transport import ClientConnection
+from autopush_flask.connection.websocket import PushWebSocket
+from autopush_flask.db import StorageError
 from autopush_flask.logging import log_fields
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.services import Services
@@ -33,7 +36,6 @@ from autopush_flask.services import Services
 if TYPE_CHECKING:
     from flask import Flask
 
-    from autopush_flask.connection.transport import ClientConnection
 
 TICK_SECONDS = 1.0
 # Clients whose unacked direct notifications are stored at once during a
@@ -53,8 +55,8 @@ class ConnectionNode:
         self.settings = settings
         self.services = node_services
         self.storage = node_services.storage
-        self.router_port = settings.router_port + slot
-        self.node_id = settings.node_id(self.router_port)
+        self.api_port = settings.router_port + slot
+        self.node_id = settings.node_id(self.api_port)
         self.registry = ClientRegistry()
         self.connections: set[ClientConnection] = set()
         self.broadcasts = BroadcastRegistry()
@@ -73,15 +75,15 @@ class ConnectionNode:
         )
         self.encode = json.JSONEncoder(separators=(",", ":")).encode
         self.http = requests.Session()
-        self.router_keys = RouterRequestKeys.from_crypto_keys(node_services.crypto_keys)
+        self.request_keys = RouterRequestKeys.from_crypto_keys(node_services.crypto_keys)
         # Built here, at worker boot, so a bad key or certificate stops start-up.
-        self._router_tls = router_server_tls(settings)
-        self._router_ca_verify: str | bool = settings.router_ca or True
+        self._api_tls = node_api_tls(settings)
+        self._peer_ca_verify: str | bool = settings.router_ca or True
         self.retries = RetryQueue(
             self.call_storage, self.check_storage_of, node_services.metrics, settings.retry_queue_size
         )
         self.stopping = False
-        self._router_server: WSGIServer | None = None
+        self._api_server: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         node_services.client_count = lambda: len(self.registry)
 
@@ -91,16 +93,16 @@ class ConnectionNode:
 
     # ---- lifecycle
 
-    def start(self, router_app: Flask, host: str | None = None) -> None:
-        """Serve the private router and start the timers (in the worker, after fork).
+    def start(self, api_app: Flask, host: str | None = None) -> None:
+        """Serve the private API (``node_api``) and start the timers (in the worker, after fork).
 
-        The router listens on ``AUTOPUSH_ROUTER_BIND`` unless ``host`` is given,
+        The API listens on ``AUTOPUSH_ROUTER_BIND`` unless ``host`` is given,
         over TLS when ``AUTOPUSH_ROUTER_SSL_KEY``/``_CERT`` are set.
         """
-        address = (host or self.settings.router_bind, self.router_port)
-        tls = {"ssl_context": self._router_tls} if self._router_tls is not None else {}
-        self._router_server = WSGIServer(address, router_app, log=None, **tls)
-        self._router_server.start()
+        address = (host or self.settings.router_bind, self.api_port)
+        tls = {"ssl_context": self._api_tls} if self._api_tls is not None else {}
+        self._api_server = WSGIServer(address, api_app, log=None, **tls)
+        self._api_server.start()
         self._greenlets.append(gevent.spawn(self._tick_forever))
         self._greenlets.append(self.retries.start())
         if self.settings.megaphone_api_url:
@@ -114,7 +116,7 @@ class ConnectionNode:
     def shutdown(self, timeout: float) -> None:
         """Stop taking work, store every unacked direct notification, close with 1012.
 
-        Everything happens within ``timeout`` seconds, in order: the router
+        Everything happens within ``timeout`` seconds, in order: the private API
         stops (no new direct notifications); the clients holding unacked
         direct notifications are stored, ``SHUTDOWN_STORE_CONCURRENCY`` at a
         time, and the retry queue tried once more, until
@@ -126,11 +128,11 @@ class ConnectionNode:
         """
         deadline = time.monotonic() + timeout
         self.stopping = True
-        if self._router_server is not None:
-            self._router_server.stop(timeout=1)
+        if self._api_server is not None:
+            self._api_server.stop(timeout=1)
         clients = list(self.connections)
         store_until = deadline - min(SHUTDOWN_CLOSE_SECONDS, timeout / 4)
-        self._store_unacked([c for c in clients if c.session.unacked_direct], store_until)
+        self._store_unacked([c for c in clients if c.has_unacked_direct], store_until)
         self.retries.flush(store_until - time.monotonic())
         closing = [greenlets.spawn(c.shut_down, max(0.0, deadline - time.monotonic())) for c in clients]
         gevent.joinall(closing, timeout=max(0.0, deadline - time.monotonic()))
@@ -147,7 +149,7 @@ class ConnectionNode:
 
         def feed() -> None:
             for client in clients:
-                pool.spawn(client.run, client.session.on_shutdown_store)
+                pool.spawn(client.store_unacked)
             pool.join()
 
         feeder = gevent.spawn(feed)
@@ -172,16 +174,32 @@ class ConnectionNode:
                 except Exception:  # noqa: BLE001 - one client must not stop the timers
                     log.exception("timer failed")
 
-    # ---- services for sessions
+    # ---- clients' lifecycle
+
+    def serve_client(self, ws: PushWebSocket, user_agent: str) -> None:
+        """Run one client's connection until it ends (in the WSGI handler's greenlet)."""
+        ClientConnection(self, ws, user_agent).serve()
+
+    def add(self, connection: ClientConnection) -> None:
+        """A client connected (identified or not, it has timer duties and counts against the limit)."""
+        self.connections.add(connection)
 
     def identify(self, connection: ClientConnection) -> None:
-        """Enter an identified client; a displaced duplicate is closed (SPEC §2.18)."""
-        loser = self.registry.register(connection.session.uaid, connection)
+        """Enter an identified client; a displaced duplicate is closed (docs/protocol.md#duplicate-connections)."""
+        loser = self.registry.register(connection.uaid, connection)
         if loser is not None:
-            greenlets.spawn(loser.run, loser.session.on_evict, loser.connected_at)
+            loser.evict(loser.connected_at)
 
-    def call_storage(self, call: Callable[[Storage], Any]) -> Any:
-        """Run a storage call in a short-lived greenlet.
+    def unregister(self, connection: ClientConnection) -> None:
+        """A client's connection ended: forget it (a newer one of its UAID stays entered)."""
+        self.connections.discard(connection)
+        if connection.uaid:
+            self.registry.unregister(connection.uaid, connection)
+
+    # ---- services for sessions
+
+    def call_storage(self, op: StorageOp) -> Any:
+        """Run a storage operation in a short-lived greenlet.
 
         A storage call (encoding, signing, HTTP, retries) runs far deeper
         than anything else a session does. A client's own greenlet lives for
@@ -189,7 +207,7 @@ class ConnectionNode:
         calls there would stay in each idle client's RSS for good; a
         short-lived greenlet gives those pages back.
         """
-        return greenlets.call(call, self.storage)
+        return greenlets.call(run_storage, self.storage, op)
 
     def check_storage_of(self, uaid: str) -> None:
         """Ask the node now holding ``uaid`` to look at storage (after a retried store landed)."""
@@ -204,14 +222,14 @@ class ConnectionNode:
         greenlets.spawn(self._node_request, method, url)
 
     def _node_request(self, method: str, url: str) -> None:
-        """A signed, bodiless request to another node's router (verified with ``AUTOPUSH_ROUTER_CA``)."""
+        """A signed, bodiless request to another node's private API (verified with ``AUTOPUSH_ROUTER_CA``)."""
         timeout = self.settings.node_connect_timeout
         parts = urlsplit(url)
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
-        headers = dict(self.router_keys.sign(method, target))
+        headers = dict(self.request_keys.sign(method, target))
         try:
             self.http.request(
-                method, url, headers=headers, timeout=(timeout, timeout * 3), verify=self._router_ca_verify
+                method, url, headers=headers, timeout=(timeout, timeout * 3), verify=self._peer_ca_verify
             )
         except requests.RequestException as error:
             log.debug("node request failed", extra=log_fields(url=url, error=str(error)))

@@ -1,6 +1,9 @@
-"""Parsing client messages and building server messages (SPEC §2.3–§2.12).
+"""Parsing client messages and building server messages (docs/protocol.md#messages).
 
-Plain functions rather than schemas: they run for every frame of every
+Each client frame becomes one typed value (``Hello``, ``Register``…), so the
+session deals with checked fields rather than a dict; a message that is
+invalid in itself becomes ``Rejected`` with the exact reply the protocol asks
+for. Plain functions rather than schemas: they run for every frame of every
 client, and each rule maps to one exact reply.
 """
 
@@ -9,8 +12,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from autopush_flask.crypto.endpoints import decode_app_server_key
 from autopush_flask.db.models import Notification
 
 UAID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -34,8 +40,155 @@ def parse_message(text: str) -> dict[str, Any]:
     return message
 
 
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """``uaid`` is the one the client sent, when it sent a string."""
+
+    uaid: str | None
+    use_webpush: bool
+    broadcasts: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """A valid register: a dashed lower-case channel id, and the decoded
+    application server key (``None``: an unrestricted endpoint)."""
+
+    channel_id: str
+    key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister:
+    """``channel_id`` in canonical form; ``sent`` as sent, for the reply."""
+
+    channel_id: str
+    sent: str
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The versions of the well-formed updates (possibly none)."""
+
+    versions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """``{}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastSubscribe:
+    broadcasts: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message invalid in itself: answered with ``reply``, or ignored (``None``)."""
+
+    reply: dict | None
+
+
+ClientMessage = Hello | Register | Unregister | Ack | Nack | Ping | BroadcastSubscribe | Rejected
+
+
+def parse_client_message(text: str) -> ClientMessage | None:
+    """The typed message; ``None`` for an unknown ``messageType``; ``ProtocolError`` if not a JSON object."""
+    message = parse_message(text)
+    message_type = message.get("messageType")
+    if message_type is None and not message:
+        return Ping()
+    parse = _PARSERS.get(message_type) if isinstance(message_type, str) else None
+    return parse(message) if parse is not None else None
+
+
+def _hello(message: dict) -> Hello:
+    uaid = message.get("uaid")
+    return Hello(
+        uaid=uaid if isinstance(uaid, str) else None,
+        use_webpush=message.get("use_webpush") is True,
+        broadcasts=_broadcasts(message),
+    )
+
+
+def _register(message: dict) -> Register | Rejected:
+    channel_id = message.get("channelID")
+    if not isinstance(channel_id, str):
+        return Rejected(error_reply("register", 401))
+    problem = register_channel_problem(channel_id)
+    if problem:
+        return Rejected(error_reply("register", 401, problem, channel_id))
+    try:
+        key = app_server_key(message.get("key"))
+    except ValueError:
+        return Rejected(error_reply("register", 400, "Invalid key", channel_id))
+    return Register(channel_id, key)
+
+
+def _unregister(message: dict) -> Unregister | Rejected:
+    sent = message.get("channelID")
+    if sent is None:
+        return Rejected(error_reply("unregister", 401, "Missing ChannelID"))
+    parsed = parse_uuid(sent)
+    if parsed is None:
+        return Rejected(error_reply("unregister", 401, "Invalid ChannelID", sent))
+    return Unregister(str(parsed), sent, integer_code(message.get("code"), 200))
+
+
+def _ack(message: dict) -> Ack | Rejected:
+    updates = message.get("updates")
+    if not isinstance(updates, list) or not updates:
+        return Rejected(None)
+    return Ack(tuple(
+        update["version"] for update in updates
+        if isinstance(update, dict) and all(isinstance(update.get(key), str) for key in ("channelID", "version"))
+    ))
+
+
+def _nack(message: dict) -> Nack | Rejected:
+    """Only a nack naming a version counts."""
+    if not isinstance(message.get("version"), str):
+        return Rejected(None)
+    return Nack(nack_tag(integer_code(message.get("code"), 0)))
+
+
+def _broadcast_subscribe(message: dict) -> BroadcastSubscribe:
+    return BroadcastSubscribe(_broadcasts(message))
+
+
+def _broadcasts(message: dict) -> dict:
+    requested = message.get("broadcasts")
+    return requested if isinstance(requested, dict) else {}
+
+
+_PARSERS: dict[str, Callable[[dict], ClientMessage]] = {
+    "hello": _hello,
+    "register": _register,
+    "unregister": _unregister,
+    "ack": _ack,
+    "nack": _nack,
+    "broadcast_subscribe": _broadcast_subscribe,
+}
+
+
+def app_server_key(key: Any) -> bytes | None:
+    """Absent, null or "" mean an unrestricted endpoint; anything else must decode (docs/protocol.md#register)."""
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str):
+        raise ValueError("key must be a string")
+    return decode_app_server_key(key)
+
+
 def is_canonical_uaid(value: Any) -> bool:
-    """Only the exact simple form the server issues (SPEC §2.4.1, A.12)."""
+    """Only the exact simple form the server issues (docs/protocol.md#hello, docs/protocol.md#identifiers)."""
     return isinstance(value, str) and UAID_PATTERN.match(value) is not None
 
 
@@ -79,7 +232,7 @@ def error_reply(message_type: str, status: int, reason: str | None = None, chann
 
 
 def notification_message(notification: Notification) -> dict[str, Any]:
-    """SPEC §2.7: never TTL, topic or timestamps; data and headers only with a body."""
+    """docs/protocol.md#notification: never TTL, topic or timestamps; data and headers only with a body."""
     message: dict[str, Any] = {
         "messageType": "notification",
         "channelID": notification.channel_id,

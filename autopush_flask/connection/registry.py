@@ -1,4 +1,4 @@
-"""The worker's table of identified clients, keyed by UAID (SPEC §2.2, §2.18)."""
+"""The worker's table of identified clients, keyed by UAID (docs/protocol.md#session-states, docs/protocol.md#duplicate-connections)."""
 
 from __future__ import annotations
 

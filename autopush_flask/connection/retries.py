@@ -32,7 +32,9 @@ import gevent
 from gevent.event import Event
 
 from autopush_flask.connection import greenlets
-from autopush_flask.db import Storage, StorageError
+from autopush_flask.connection.effects import Retry
+from autopush_flask.connection.storage_ops import StorageOp
+from autopush_flask.db import StorageError
 from autopush_flask.logging import log_fields
 
 log = logging.getLogger("autopush.connection")
@@ -45,16 +47,22 @@ QUEUED_METRIC = "storage.retry.queued"
 
 @dataclass(slots=True)
 class RetryJob:
-    """One write to try again until ``give_up_at`` (wall-clock seconds)."""
+    """A session's ``Retry`` effect as the queue holds it: what to write, and how often it was tried."""
 
-    operation: str
-    call: Callable[[Storage], Any]
-    give_up_at: float
-    uaid: str
-    message_ids: tuple[str, ...] = ()
-    # After the write lands, tell the UAID's node to look at storage.
-    notify: bool = False
+    retry: Retry
     attempts: int = field(default=0)
+
+    @property
+    def operation(self) -> str:
+        return self.retry.operation
+
+    @property
+    def uaid(self) -> str:
+        return self.retry.uaid
+
+    @property
+    def message_ids(self) -> tuple[str, ...]:
+        return self.retry.message_ids
 
     @property
     def weight(self) -> int:
@@ -78,7 +86,7 @@ class RetryQueue:
 
     def __init__(
         self,
-        run_storage: Callable[[Callable[[Storage], Any]], Any],
+        run_storage: Callable[[StorageOp], Any],
         notify_node: Callable[[str], None],
         metrics: Any,
         capacity: int,
@@ -142,12 +150,12 @@ class RetryQueue:
 
     def _attempt(self, job: RetryJob) -> bool:
         """One try of ``job``: ``True`` when it is done with (written, or given up), ``False`` to retry."""
-        if self._clock() >= job.give_up_at:
+        if self._clock() >= job.retry.give_up_at:
             report_given_up(self._metrics, job.operation, "expired", job.uaid, job.message_ids)
             return True
         job.attempts += 1
         try:
-            self._run_storage(job.call)
+            self._run_storage(job.retry.op)
         except StorageError as error:
             if error.retryable:
                 return False
@@ -158,7 +166,7 @@ class RetryQueue:
             log.exception("background task failed")
             report_given_up(self._metrics, job.operation, "error", job.uaid, job.message_ids)
             return True
-        if job.notify:
+        if job.retry.notify:
             greenlets.spawn(self._notify_node, job.uaid)
         return True
 

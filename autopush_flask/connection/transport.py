@@ -1,6 +1,6 @@
-"""The thin loop between a WebSocket and its session (DESIGN §4).
+"""The thin loop between a WebSocket and its session (docs/architecture.md#the-session-generators-of-effects).
 
-One greenlet per client reads frames; router requests and timers reach the
+One greenlet per client reads frames; node API requests and timers reach the
 session from their own greenlets. A per-client lock makes sure only one
 handler of a session runs at a time, so the session needs no locking.
 
@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.lock import Semaphore
 from geventwebsocket.exceptions import WebSocketError
 
+from autopush_flask.config import Settings
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.effects import (
     Close,
-    Db,
     Identify,
     NodeRequest,
     PingFrame,
@@ -33,14 +33,12 @@ from autopush_flask.connection.effects import (
     Sleep,
     drive,
 )
-from autopush_flask.connection.retries import RetryJob
-from autopush_flask.connection.session import Session
+from autopush_flask.connection.retries import RetryJob, RetryQueue
+from autopush_flask.connection.session import NodeContext, Session
+from autopush_flask.connection.storage_ops import STORAGE_OPS, StorageOp
 from autopush_flask.connection.websocket import MESSAGE_REFUSED, PushWebSocket, SendTimeout
 from autopush_flask.db import Notification
 from autopush_flask.logging import log_fields
-
-if TYPE_CHECKING:
-    from autopush_flask.connection.node import ConnectionNode
 
 log = logging.getLogger("autopush.connection")
 
@@ -52,19 +50,47 @@ DEFAULT_CLOSE_HANDSHAKE_TIMEOUT = 5.0
 # endpoint then stores the message). Well under the endpoint's request
 # timeout (``AUTOPUSH_NODE_REQUEST_TIMEOUT``, 3 s): an endpoint that times out
 # takes the node for gone, and a delivery that then still happens is a
-# duplicate. It also keeps a stalled client from holding router requests.
+# duplicate. It also keeps a stalled client from holding node API requests.
 DELIVER_WAIT_SECONDS = 1.0
 
 
+class ClientHost(Protocol):
+    """What a client needs of its node (``node.ConnectionNode``), named here so
+    that this module does not import the node: the node owns its clients'
+    lifecycle and calls their intent methods; they call back only these."""
+
+    settings: Settings
+    ctx: NodeContext
+    retries: RetryQueue
+
+    def encode(self, payload: dict) -> str: ...
+
+    def call_storage(self, op: StorageOp) -> Any: ...
+
+    def node_request(self, method: str, url: str) -> None: ...
+
+    def add(self, client: ClientConnection) -> None: ...
+
+    def identify(self, client: ClientConnection) -> None: ...
+
+    def unregister(self, client: ClientConnection) -> None: ...
+
+
 class ClientConnection:
-    """One connected client: its socket, session and the lock serialising them."""
+    """One connected client: its socket, session and the lock serialising them.
+
+    Nothing outside this class touches the session: the node and its private
+    API ask for what they want through the intent methods (``deliver``,
+    ``check_storage``, ``evict``, ``store_unacked``, ``shut_down``), each of
+    which runs a session handler under the client's lock.
+    """
 
     __slots__ = (
         "node", "ws", "session", "lock", "waiting_direct", "ping_sent_at", "next_ping_at",
         "hello_deadline", "finished",
     )
 
-    def __init__(self, node: ConnectionNode, ws: PushWebSocket, user_agent: str) -> None:
+    def __init__(self, node: ClientHost, ws: PushWebSocket, user_agent: str) -> None:
         self.node = node
         self.ws = ws
         self.session = Session(node.ctx, user_agent)
@@ -82,10 +108,22 @@ class ClientConnection:
     def connected_at(self) -> int:
         return self.session.connected_at
 
+    @property
+    def uaid(self) -> str | None:
+        return self.session.uaid
+
+    @property
+    def identified(self) -> bool:
+        return self.session.identified
+
+    @property
+    def has_unacked_direct(self) -> bool:
+        return bool(self.session.unacked_direct)
+
     # ---- the reading loop (the WSGI handler's greenlet)
 
     def serve(self) -> None:
-        self.node.connections.add(self)
+        self.node.add(self)
         try:
             while True:
                 message = self.ws.receive()
@@ -97,7 +135,7 @@ class ClientConnection:
                     self._handle(message)
                 # Reading buffered frames and writing replies never blocks, so a
                 # client sending without pause would otherwise keep every other
-                # greenlet of the worker (clients, timers, router) waiting.
+                # greenlet of the worker (clients, timers, node API) waiting.
                 gevent.sleep(0)
         finally:
             self._end()
@@ -109,9 +147,7 @@ class ClientConnection:
             self.run(self.session.on_binary)
 
     def _end(self) -> None:
-        self.node.connections.discard(self)
-        if self.session.uaid:
-            self.node.registry.unregister(self.session.uaid, self)
+        self.node.unregister(self)
         with self.lock:
             self.finished = True
             try:
@@ -166,6 +202,26 @@ class ClientConnection:
         finally:
             self.waiting_direct -= 1
 
+    def check_storage(self) -> bool:
+        """``PUT /notif``: have the session look at storage, under its lock.
+
+        ``True`` when a drain is under way already (it looks again when it
+        is done), ``False`` when a new one starts.
+        """
+        draining = self.session.draining
+        greenlets.spawn(self.run, self.session.on_check_storage)
+        return draining
+
+    def evict(self, connected_at: int) -> None:
+        """``DELETE /notif`` or a newer connection of the same UAID: close this one
+        if it is still the connection of ``connected_at`` (docs/protocol.md#duplicate-connections)."""
+        greenlets.spawn(self.run, self.session.on_evict, connected_at)
+
+    def store_unacked(self) -> None:
+        """The worker stops, first step: store the unacked direct notifications
+        (``Session.on_shutdown_store``); the client stays connected."""
+        self.run(self.session.on_shutdown_store)
+
     def tick(self, now: float) -> None:
         """Timer duties (hello timeout, auto-ping, pong timeout), once a second.
 
@@ -218,12 +274,10 @@ class ClientConnection:
     # ---- effects
 
     def perform(self, effect: Any) -> Any:
-        if isinstance(effect, Db):
-            return self.node.call_storage(effect.call)
+        if isinstance(effect, STORAGE_OPS):
+            return self.node.call_storage(effect)
         if isinstance(effect, Retry):
-            self.node.retries.add(RetryJob(
-                effect.operation, effect.call, effect.give_up_at, effect.uaid, effect.message_ids, effect.notify,
-            ))
+            self.node.retries.add(RetryJob(effect))
             return None
         if isinstance(effect, Send):
             payload = effect.payload

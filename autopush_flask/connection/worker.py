@@ -1,7 +1,7 @@
 """The gunicorn worker class of connection nodes.
 
 gevent-websocket's worker, plus what a connection node needs around the
-WSGI server: start the private router once the app is loaded, and on a
+WSGI server: start the private node API once the app is loaded, and on a
 graceful stop (TERM, HUP of the master, max-requests) hand every client's
 unacknowledged notifications to storage and close them with 1012 before
 gunicorn's graceful timeout ends.

@@ -15,7 +15,6 @@ from typing import Any
 from autopush_flask.connection.broadcast import BroadcastRegistry
 from autopush_flask.connection.effects import (
     Close,
-    Db,
     Identify,
     NodeRequest,
     PingFrame,
@@ -27,7 +26,8 @@ from autopush_flask.connection.effects import (
 )
 from autopush_flask.connection.registry import ClientRegistry
 from autopush_flask.connection.session import NodeContext, Session
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.connection.storage_ops import STORAGE_OPS, run_storage
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Notification, Storage
 from autopush_flask.db.models import SortKeyClock
 from autopush_flask.metrics import RecordingMetrics
@@ -71,7 +71,7 @@ class Node:
         """What the worker's retry queue does: try each queued write again (once)."""
         pending, self.retries = self.retries, []
         for retry in pending:
-            retry.call(self.ctx.storage)
+            run_storage(self.ctx.storage, retry.op)
 
     def client(self) -> Client:
         return Client(self)
@@ -138,9 +138,9 @@ class Client:
         return [m for m in self.sent if isinstance(m, dict) and m.get("messageType") == "notification"]
 
     def perform(self, effect: Any) -> Any:
-        if isinstance(effect, Db):
+        if isinstance(effect, STORAGE_OPS):
             self.db_calls.append(effect.name)
-            return effect.call(self.node.ctx.storage)
+            return run_storage(self.node.ctx.storage, effect)
         if isinstance(effect, Retry):
             self.node.retries.append(effect)
         if isinstance(effect, Send):

@@ -14,7 +14,8 @@ import pytest
 from collections.abc import Iterator
 
 from autopush_flask.connection.effects import Retry
-from autopush_flask.crypto import CryptoKeys, MessageId
+from autopush_flask.crypto.keys import CryptoKeys
+from autopush_flask.crypto.message_ids import MessageId
 from autopush_flask.db import Notification, User, create_storage
 from autopush_flask.db.models import timestamp_sort_key
 from autopush_flask.metrics import RecordingMetrics
@@ -268,4 +269,4 @@ def test_failed_ack_delete_and_bookmark_write_are_retried(node: Node, proxy: Thr
 
 def test_retry_effects_carry_what_a_queue_needs() -> None:
     fields = {f.name for f in dataclasses.fields(Retry)}
-    assert fields == {"operation", "call", "give_up_at", "uaid", "message_ids", "notify"}
+    assert fields == {"op", "give_up_at", "uaid", "message_ids", "notify"}

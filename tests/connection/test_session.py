@@ -14,7 +14,9 @@ import uuid
 import pytest
 
 from autopush_flask.connection.effects import Close, NodeRequest
-from autopush_flask.crypto import CryptoKeys, MessageId, parse_endpoint_token
+from autopush_flask.crypto.endpoints import parse_endpoint_token
+from autopush_flask.crypto.keys import CryptoKeys
+from autopush_flask.crypto.message_ids import MessageId
 from autopush_flask.db import Notification, User, create_storage
 from autopush_flask.db.memory import MemoryStorage
 from autopush_flask.metrics import RecordingMetrics

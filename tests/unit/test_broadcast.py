@@ -17,11 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import gevent
 import pytest
 
-from autopush_flask.connection.broadcast import (
-    BroadcastCheck,
-    BroadcastRegistry,
-    MegaphonePoller,
-)
+from autopush_flask.connection.broadcast import BroadcastCheck, BroadcastRegistry
+from autopush_flask.connection.megaphone import MegaphonePoller
 from autopush_flask.metrics import MetricCall, RecordingMetrics
 
 OK = MetricCall("increment", "megaphone.updater.ok", 1, {})

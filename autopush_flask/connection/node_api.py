@@ -1,4 +1,4 @@
-"""The private router of a connection node (SPEC §3), on its router port only.
+"""The connection node's private HTTP API (docs/protocol.md#node-api, "the router"), on its router port only.
 
 Endpoint nodes and other connection nodes call these to hand over a
 notification, ask a client to check storage, or drop a stale duplicate.
@@ -9,13 +9,13 @@ checks, cheapest first, before a handler runs:
 1. ``RequestGate`` (WSGI middleware): at most ``AUTOPUSH_ROUTER_MAX_REQUESTS``
    requests in progress per worker; the next one gets 503 at once, which the
    endpoint takes as "store the message".
-2. ``refuse_large_bodies`` (whole router app): a declared body larger than a
+2. ``refuse_large_bodies`` (the whole API app): a declared body larger than a
    ``PUT /push`` can legitimately be gets 413 before any of it is read. A
    chunked body gets 411: nodes always send ``Content-Length``, and werkzeug
    would silently cut a chunked body at the cap rather than refuse it.
    Whatever the client still sends of a refused body, gevent reads and drops
    in 16 KiB pieces after the answer; it is never held in memory.
-3. ``require_signature`` (the router routes; the health routes stay open):
+3. ``require_signature`` (the API's routes; the health routes stay open):
    the signature of ``node_auth`` is checked from the head alone, then the
    body is read and compared with the hash that was signed (401 otherwise).
 """
@@ -44,16 +44,16 @@ REJECTED_METRIC = "router.request.rejected"
 # it) plus the channel id, version (a Fernet token of ~200 bytes), topic,
 # TTL, timestamp and the encryption headers: 4 KiB covers those with room.
 BODY_OVERHEAD_BYTES = 4096
-router = Blueprint("router", __name__)
+node_api = Blueprint("node_api", __name__)
 
 
 def max_body_bytes(max_data: int) -> int:
-    """The largest router body a legitimate node sends for ``AUTOPUSH_MAX_DATA``."""
+    """The largest API request body a legitimate node sends for ``AUTOPUSH_MAX_DATA``."""
     return max_data * 4 // 3 + BODY_OVERHEAD_BYTES
 
 
 class RequestGate:
-    """WSGI middleware: at most ``limit`` router requests in progress per worker.
+    """WSGI middleware: at most ``limit`` API requests in progress per worker.
 
     Beyond that a request is answered 503 straight away instead of waiting
     (and holding memory) for a slot. Checking a signature never yields to
@@ -82,11 +82,11 @@ class RequestGate:
             self.active -= 1
 
 
-def protect(router_app: Flask, limit: int, max_data: int, metrics: Any) -> None:
-    """Install the gate and the body cap on the router app (see the module doc)."""
-    router_app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(max_data)
-    router_app.before_request(refuse_large_bodies)
-    router_app.wsgi_app = RequestGate(router_app.wsgi_app, limit, metrics)
+def protect(api_app: Flask, limit: int, max_data: int, metrics: Any) -> None:
+    """Install the gate and the body cap on the API app (see the module doc)."""
+    api_app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(max_data)
+    api_app.before_request(refuse_large_bodies)
+    api_app.wsgi_app = RequestGate(api_app.wsgi_app, limit, metrics)
 
 
 def refuse_large_bodies() -> Response | None:
@@ -105,15 +105,15 @@ def _refuse_unread(reason: str, text: str, status: int) -> Response:
     return response
 
 
-@router.before_request
+@node_api.before_request
 def require_signature() -> Response | None:
     node = _node()
     if not node.settings.router_auth:
         return None
     target = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
     try:
-        signed_sha256 = node.router_keys.verify_head(request.method, target, request.headers)
-        node.router_keys.verify_body(signed_sha256, request.get_data())
+        signed_sha256 = node.request_keys.verify_head(request.method, target, request.headers)
+        node.request_keys.verify_body(signed_sha256, request.get_data())
     except RouterAuthError as error:
         node.services.metrics.increment(AUTH_ERROR_METRIC, tags={"reason": error.reason})
         return _text("Invalid router signature", 401)
@@ -124,7 +124,7 @@ def _node() -> Any:
     return current_app.extensions[NODE_KEY]
 
 
-def router_server_tls(settings: Settings) -> ssl.SSLContext | None:
+def node_api_tls(settings: Settings) -> ssl.SSLContext | None:
     """The router's TLS context when ``AUTOPUSH_ROUTER_SSL_KEY``/``_CERT`` are set.
 
     Without it a https ``node_id`` would be announced while the port spoke
@@ -139,7 +139,7 @@ def router_server_tls(settings: Settings) -> ssl.SSLContext | None:
 
 
 class NotificationSchema(Schema):
-    """The body of ``PUT /push/{uaid}`` (SPEC §3.1)."""
+    """The body of ``PUT /push/{uaid}`` (docs/protocol.md#put-push)."""
 
     channelID = fields.UUID(required=True)  # noqa: N815 - wire name
     version = fields.String(required=True, validate=validate.Length(min=1))
@@ -168,7 +168,7 @@ def _client(uaid: str):
     except ValueError:
         return None
     client = _node().registry.get(canonical)
-    if client is None or not client.session.identified:
+    if client is None or not client.identified:
         return None
     return client
 
@@ -176,7 +176,7 @@ def _client(uaid: str):
 NOT_CONNECTED = ("Client not connected.", 404)
 
 
-@router.put("/push/<uaid>")
+@node_api.put("/push/<uaid>")
 def push(uaid: str) -> Response:
     client = _client(uaid)
     if client is None:
@@ -195,24 +195,22 @@ def push(uaid: str) -> Response:
     return _text("Client accepted for delivery", 200)
 
 
-@router.put("/notif/<uaid>")
+@node_api.put("/notif/<uaid>")
 def check_storage(uaid: str) -> Response:
     client = _client(uaid)
     if client is None:
         return _text(*NOT_CONNECTED)
-    if client.session.draining:
-        client.session.check_again = True
+    if client.check_storage():
         return _text("Flagged for Notification check", 202)
-    gevent.spawn(client.run, client.session.on_check_storage)
     return _text("Notification check started", 200)
 
 
-@router.delete("/notif/<uaid>/<connected_at>")
+@node_api.delete("/notif/<uaid>/<connected_at>")
 def drop_duplicate(uaid: str, connected_at: str) -> Response:
     if not connected_at.isdigit():
         return _text("Not Found", 404)
     client = _client(uaid)
     if client is None or client.connected_at != int(connected_at):
         return _text("", 200)
-    gevent.spawn(client.run, client.session.on_evict, int(connected_at))
+    client.evict(int(connected_at))
     return _text("Terminated duplicate", 200)
