@@ -33,7 +33,7 @@ import gevent
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from autopush_flask.endpoint.errors import ERRNO_TOO_LARGE, PushError
+from autopush_flask.push_errors import BODY_TOO_SLOW, ErrorKind, PushError
 
 # The largest read waited for as one piece: a late piece is noticed within
 # READ_PIECE / min_rate seconds of its due time (about 2 s at 500 B/s).
@@ -48,7 +48,7 @@ StartResponse = Callable[..., Any]
 
 
 def too_slow() -> PushError:
-    return PushError(408, None, "Request body arrived too slowly")
+    return PushError(BODY_TOO_SLOW)
 
 
 class PacedInput:
@@ -199,8 +199,8 @@ def _close_after_response(raw_input: Any, start_response: StartResponse) -> None
         force_close()
 
 
-def read_body(limit: int, too_large_message: str) -> bytes:
-    """The request body, refused with 413 errno 104 beyond ``limit`` bytes before it is read.
+def read_body(limit: int, too_large: ErrorKind) -> bytes:
+    """The request body, refused with ``too_large`` (413 errno 104) beyond ``limit`` bytes, unread.
 
     Werkzeug stops a streamed (chunked) body at ``max_content_length``
     without refusing it, so the cap is one byte more than allowed and the
@@ -210,7 +210,7 @@ def read_body(limit: int, too_large_message: str) -> bytes:
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge as error:
-        raise PushError(413, ERRNO_TOO_LARGE, too_large_message) from error
+        raise PushError(too_large, limit=limit) from error
     if len(body) > limit:
-        raise PushError(413, ERRNO_TOO_LARGE, too_large_message)
+        raise PushError(too_large, limit=limit)
     return body

@@ -1,4 +1,4 @@
-"""Log-check routes (SPEC §4.13): prove that errors reach the log pipeline."""
+"""Log-check routes (docs/protocol.md#health): prove that errors reach the log pipeline."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import logging
 
 from flask import Blueprint, Response
 
-from autopush_flask.endpoint.errors import ERRNO_UNKNOWN, PushError, error_response
+from autopush_flask.endpoint.errors import error_response
+from autopush_flask.push_errors import ERRNO_UNKNOWN, UNKNOWN_DIAGNOSTIC, PushError
 
 diagnostics = Blueprint("diagnostics", __name__)
 log = logging.getLogger("autopush.endpoint")
@@ -23,7 +24,7 @@ def test_error() -> Response:
 @diagnostics.get("/v1/err/<kind>")
 def test_failure(kind: str) -> Response:
     if kind != "crit":
-        raise PushError(404, 0, "Not Found")
+        raise PushError(UNKNOWN_DIAGNOSTIC)
     try:
         raise RuntimeError("Test Failure")
     except RuntimeError:

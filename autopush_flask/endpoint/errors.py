@@ -1,7 +1,9 @@
-"""Error responses of the endpoint node (SPEC §4.11).
+"""Error responses of the endpoint node (docs/protocol.md#error-responses).
 
 Every error, including unknown paths, 405s and storage outages, leaves as
-the same JSON body with the SPEC's status, errno and headers.
+the same JSON body with the protocol's status, errno and headers. Which errors
+exist is ``autopush_flask.push_errors``; this module only renders them, and
+turns any ``StorageError`` a handler lets through into its 503.
 """
 
 from __future__ import annotations
@@ -12,39 +14,22 @@ from http import HTTPStatus
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from autopush_flask.db import StorageError, StorageThrottled
+from autopush_flask.db import StorageError
 from autopush_flask.logging import log_fields
+from autopush_flask.push_errors import (
+    AUTHORIZATION_TOO_LONG,
+    ERRNO_TOO_LARGE,
+    ERRNO_UNKNOWN,
+    PushError,
+    storage_error,
+)
 
 MORE_INFO = "http://autopush.readthedocs.io/en/latest/http.html#error-codes"
 RETRY_AFTER_SECONDS = "120"
 GONE_MAX_AGE = "max-age=86400"
-WWW_AUTHENTICATE = "webpush"
 MAX_AUTHORIZATION = 4096  # bytes of the Authorization header
 
-ERRNO_TOO_LARGE = 104
-ERRNO_THROTTLED = 201
-ERRNO_UNAVAILABLE = 202
-ERRNO_UNKNOWN = 999
-
 log = logging.getLogger("autopush.endpoint")
-
-
-class PushError(Exception):
-    """A request the SPEC answers with an error status and errno."""
-
-    def __init__(
-        self, status: int, errno: int | None, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errno = errno
-        self.message = message
-        self.headers = headers or {}
-
-
-def unauthorized(message: str = "Invalid authentication") -> PushError:
-    """401 errno 109 with ``WWW-Authenticate: webpush`` (VAPID and bridge secrets)."""
-    return PushError(401, 109, message, {"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
 def authorization_header() -> str | None:
@@ -55,15 +40,8 @@ def authorization_header() -> str | None:
     """
     value = request.headers.get("Authorization")
     if value is not None and len(value) > MAX_AUTHORIZATION:
-        raise unauthorized("Authorization header too long")
+        raise PushError(AUTHORIZATION_TOO_LONG)
     return value
-
-
-def storage_error(error: StorageError, other_errno: int = ERRNO_UNAVAILABLE) -> PushError:
-    """503 with the retry errno: 201 when throttled, else ``other_errno`` (SPEC §7.8)."""
-    errno = ERRNO_THROTTLED if isinstance(error, StorageThrottled) else other_errno
-    message = "Please slow message send rate" if errno == ERRNO_THROTTLED else "Retry Request"
-    return PushError(503, errno, message)
 
 
 def error_response(

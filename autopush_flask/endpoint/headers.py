@@ -1,4 +1,4 @@
-"""CORS and Strict-Transport-Security on every response (SPEC §4.12)."""
+"""CORS and Strict-Transport-Security on every response (docs/protocol.md#response-headers)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
-"""``DELETE /m/{message_id}``: cancel a stored message (SPEC §4.10)."""
+"""``DELETE /m/{message_id}``: cancel a stored message (docs/protocol.md#message-cancel)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from autopush_flask.crypto import InvalidMessageIdError, MessageId
-from autopush_flask.db import StorageError
-from autopush_flask.endpoint.errors import PushError, storage_error
+from autopush_flask.crypto.message_ids import InvalidMessageIdError, MessageId
+from autopush_flask.push_errors import INVALID_MESSAGE_ID, PushError
 from autopush_flask.endpoint.state import endpoint_state
 
 message = Blueprint("message", __name__)
@@ -18,13 +17,10 @@ def cancel(message_id: str) -> Response:
     try:
         parsed = MessageId.decode(state.crypto_keys, message_id)
     except InvalidMessageIdError as error:
-        raise PushError(400, None, "Invalid message ID") from error
+        raise PushError(INVALID_MESSAGE_ID) from error
     uaid = parsed.uaid.hex
     updateid = message_id if parsed.kind == "topic" else None
-    try:
-        state.storage.cancel_message(uaid, parsed.sort_key, updateid)
-    except StorageError as error:
-        raise storage_error(error) from error
+    state.storage.cancel_message(uaid, parsed.sort_key, updateid)
     state.metrics.increment("notification.message.deleted", tags={"topic": parsed.kind == "topic"})
     return Response(b"", status=204)
 

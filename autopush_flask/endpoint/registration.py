@@ -1,6 +1,6 @@
-"""Bridge registration API for mobile clients (SPEC §5): ``/v1/{type}/{app_id}/registration…``.
+"""Bridge registration API for mobile clients (docs/protocol.md#bridge-registration): ``/v1/{type}/{app_id}/registration…``.
 
-Checks for authenticated calls run in the SPEC's order: router type (400/108),
+Checks for authenticated calls run in the protocol's order: router type (400/108),
 UAID (410/103), bearer secret (401/109), router record (410/103), then the
 call's own validation.
 """
@@ -15,12 +15,26 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import ValidationError
 
-from autopush_flask.crypto import decode_app_server_key, make_bridge_secret, make_endpoint_url, verify_bridge_secret
+from autopush_flask.crypto.bridge_secrets import make_bridge_secret, verify_bridge_secret
+from autopush_flask.crypto.endpoints import decode_app_server_key, make_endpoint_url
 from autopush_flask.db import User
 from autopush_flask.endpoint.body_limits import read_body
-from autopush_flask.endpoint.errors import PushError, authorization_header, unauthorized
+from autopush_flask.endpoint.errors import authorization_header
 from autopush_flask.endpoint.schemas import SubscriptionSchema
 from autopush_flask.endpoint.state import EndpointState, endpoint_state
+from autopush_flask.push_errors import (
+    BODY_NOT_AN_OBJECT,
+    EXPIRED_ENDPOINT,
+    INVALID_AUTHENTICATION,
+    INVALID_KEY,
+    INVALID_ROUTER_TYPE,
+    INVALID_SUBSCRIPTION,
+    NO_SUCH_SUBSCRIPTION,
+    REQUEST_BODY_TOO_LARGE,
+    UAID_COLLISION,
+    ErrorKind,
+    PushError,
+)
 from autopush_flask.routers.bridge import BridgeRouter
 
 AUTH_SCHEMES = ("bearer", "webpush")
@@ -51,7 +65,7 @@ def register(router_type: str, app_id: str) -> Response:
         uaid.hex, None, _now_ms(), router_type=router_type.lower(), router_data=router_data
     )
     if not state.storage.add_user(user):
-        raise PushError(500, 999, "UAID collision")
+        raise PushError(UAID_COLLISION)
     endpoint = _add_channel(state, user, channel_id, key)
     state.metrics.increment("ua.command.register", tags=_client_tags())
     secret = make_bridge_secret(state.settings.auth_keys[0], uaid.hex)
@@ -65,7 +79,7 @@ def update_token(router_type: str, app_id: str, uaid: str) -> Response:
     if not endpoint_state().storage.update_router_data(
         user.uaid, router_type.lower(), router_data, _now_ms()
     ):
-        raise PushError(410, 103, "Expired URL endpoint")
+        raise PushError(EXPIRED_ENDPOINT)
     return jsonify({})
 
 
@@ -98,52 +112,52 @@ def new_subscription(router_type: str, app_id: str, uaid: str) -> Response:
 @registration.delete(f"{PREFIX}/<uaid>/subscription/<chid>", strict_slashes=False)
 def unsubscribe(router_type: str, app_id: str, uaid: str, chid: str) -> Response:
     _, user = _authenticated(router_type, uaid)
-    channel_id = _parse_uuid(chid, 106, "No such subscription")
+    channel_id = _parse_uuid(chid, NO_SUCH_SUBSCRIPTION)
     state = endpoint_state()
     if not state.storage.remove_channel(user, str(channel_id)):
-        raise PushError(410, 106, "No such subscription")
+        raise PushError(NO_SUCH_SUBSCRIPTION)
     state.metrics.increment("ua.command.unregister", tags=_client_tags())
     return jsonify({})
 
 
-# ---- the checks, in the SPEC's order ----------------------------------------
+# ---- the checks, in the protocol's order ----------------------------------------
 
 
 def _bridge(router_type: str) -> BridgeRouter:
     router = endpoint_state().bridges.get(router_type.lower())
     if router is None:
-        raise PushError(400, 108, "Invalid router type")
+        raise PushError(INVALID_ROUTER_TYPE)
     return router
 
 
 def _authenticated(router_type: str, uaid_text: str) -> tuple[BridgeRouter, User]:
     router = _bridge(router_type)
-    uaid = _parse_uuid(uaid_text, 103, "Expired URL endpoint")
+    uaid = _parse_uuid(uaid_text, EXPIRED_ENDPOINT)
     _check_secret(uaid.hex)
     user = endpoint_state().storage.get_user(uaid.hex)
     if user is None:
-        raise PushError(410, 103, "Expired URL endpoint")
+        raise PushError(EXPIRED_ENDPOINT)
     return router, user
 
 
 def _check_secret(uaid_hex: str) -> None:
-    """``Authorization: Bearer <hex HMAC>``, any configured auth key (SPEC §5.2)."""
+    """``Authorization: Bearer <hex HMAC>``, any configured auth key (docs/protocol.md#bridge-registration)."""
     scheme, _, secret = (authorization_header() or "").strip().partition(" ")
     if scheme.lower() not in AUTH_SCHEMES or not secret.strip():
-        raise unauthorized()
+        raise PushError(INVALID_AUTHENTICATION)
     if not verify_bridge_secret(endpoint_state().settings.auth_keys, uaid_hex, secret.strip()):
-        raise unauthorized()
+        raise PushError(INVALID_AUTHENTICATION)
 
 
-def _parse_uuid(text: str, errno: int, message: str) -> uuid.UUID:
+def _parse_uuid(text: str, malformed: ErrorKind) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError as error:
-        raise PushError(410, errno, message) from error
+        raise PushError(malformed) from error
 
 
 def _json_body(required: bool) -> dict[str, Any]:
-    raw = read_body(MAX_BODY, f"Request body must be smaller than {MAX_BODY} bytes")
+    raw = read_body(MAX_BODY, REQUEST_BODY_TOO_LARGE)
     if not raw.strip() and not required:
         return {}
     try:
@@ -151,7 +165,7 @@ def _json_body(required: bool) -> dict[str, Any]:
     except (ValueError, RecursionError):
         body = None
     if not isinstance(body, dict):
-        raise PushError(400, None, "Body must be a JSON object")
+        raise PushError(BODY_NOT_AN_OBJECT)
     return body
 
 
@@ -164,13 +178,13 @@ def _subscription_fields(body: dict[str, Any]) -> tuple[uuid.UUID, bytes | None]
     try:
         values = SUBSCRIPTION.load(body)
     except ValidationError as error:
-        raise PushError(400, None, f"Invalid request: {error.messages}") from error
+        raise PushError(INVALID_SUBSCRIPTION, messages=error.messages) from error
     key = None
     if values["key"]:
         try:
             key = decode_app_server_key(values["key"])
         except ValueError as error:
-            raise PushError(400, None, "Invalid key") from error
+            raise PushError(INVALID_KEY) from error
     return values["channelID"] or uuid.uuid4(), key
 
 

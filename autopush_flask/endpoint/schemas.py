@@ -1,8 +1,8 @@
 """Request and response schemas of the public API.
 
 The same schemas validate requests and generate ``/openapi.json``. A field
-that fails raises ``PushError`` with the SPEC's status and errno at once, so
-the first failure in declaration order (the SPEC §4.3 order) decides.
+that fails raises ``PushError`` with the protocol's status and errno at once, so
+the first failure in declaration order (the docs/protocol.md#push order) decides.
 """
 
 from __future__ import annotations
@@ -14,8 +14,19 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
-from autopush_flask.crypto import parse_crypto_params
-from autopush_flask.endpoint.errors import PushError
+from autopush_flask.crypto.crypto_key_header import parse_crypto_params
+from autopush_flask.push_errors import (
+    AES128GCM_WITH_KEYS,
+    AESGCM_WITHOUT_DH,
+    AESGCM_WITHOUT_SALT,
+    INVALID_TOPIC,
+    INVALID_TTL,
+    MISSING_TTL,
+    NEGATIVE_TTL,
+    UNKNOWN_ENCODING,
+    UNPARSEABLE_ENCODING,
+    PushError,
+)
 
 SIGNED_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 BASE64URL_VALUE = re.compile(r"^[0-9A-Za-z_-]+=*$")
@@ -26,31 +37,27 @@ CURRENT_ENCODING = "aes128gcm"
 LEGACY_ENCODING = "aesgcm"
 
 
-def invalid_encoding(message: str) -> PushError:
-    return PushError(400, 110, message)
-
-
 class TTLField(fields.Field):
-    """``TTL``: an optionally signed decimal integer, never negative (SPEC §4.4.1)."""
+    """``TTL``: an optionally signed decimal integer, never negative (docs/protocol.md#push-headers)."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
         text = str(value).strip()
         if not SIGNED_INTEGER.match(text):
-            raise PushError(400, 112, "Invalid TTL header value")
+            raise PushError(INVALID_TTL)
         if text.startswith("-") and text.strip("-0"):
-            raise PushError(400, 114, "TTL must be greater than 0")
+            raise PushError(NEGATIVE_TTL)
         digits = text.lstrip("+-").lstrip("0") or "0"
         # Past the cap every value means the same; never hand int() thousands of digits.
         return int(digits) if len(digits) <= MAX_TTL_DIGITS else sys.maxsize
 
 
 class TopicField(fields.String):
-    """``Topic``: up to 32 base64url characters (SPEC §4.4.2)."""
+    """``Topic``: up to 32 base64url characters (docs/protocol.md#push-headers)."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         topic = str(value)
         if len(topic) > TOPIC_MAX_LENGTH or not BASE64URL_VALUE.match(topic):
-            raise PushError(400, 113, "Topic must be no greater than 32 characters of the base64url alphabet")
+            raise PushError(INVALID_TOPIC)
         return topic
 
 
@@ -84,7 +91,7 @@ class PushHeadersSchema(Schema):
     @pre_load
     def require_ttl(self, data: dict, **kwargs: Any) -> dict:
         if "TTL" not in data:
-            raise PushError(400, 111, "Missing TTL Header")
+            raise PushError(MISSING_TTL)
         return data
 
 
@@ -98,7 +105,7 @@ class MessageIdPathSchema(Schema):
 
 
 class SubscriptionSchema(Schema):
-    """Optional fields of a bridge registration or new-subscription body (SPEC §5.3, §5.4.3)."""
+    """Optional fields of a bridge registration or new-subscription body (docs/protocol.md#bridge-registration)."""
 
     class Meta:
         unknown = EXCLUDE
@@ -108,7 +115,7 @@ class SubscriptionSchema(Schema):
 
 
 class RegistrationSchema(SubscriptionSchema):
-    """A bridge registration or token update body (SPEC §5.3); the router validates ``token``."""
+    """A bridge registration or token update body (docs/protocol.md#bridge-registration); the router validates ``token``."""
 
     token = fields.String(required=True, metadata={"description": "Device token: 8+ characters, no spaces"})
     aps = fields.Raw(load_default=None, metadata={"description": "APNs only: aps object (or JSON text)"})
@@ -122,7 +129,7 @@ class BridgePathSchema(Schema):
 
 
 class ErrorSchema(Schema):
-    """The body of every error response (SPEC §4.11)."""
+    """The body of every error response (docs/protocol.md#error-responses)."""
 
     code = fields.Integer(required=True)
     errno = fields.Integer(allow_none=True, required=True)
@@ -142,7 +149,7 @@ PUSH_HEADERS = PushHeadersSchema()
 
 
 def parse_push_headers(headers: Any, has_body: bool, max_ttl: int) -> PushHeaders:
-    """Validate TTL, Topic and, with a body, the encoding headers (SPEC §4.4)."""
+    """Validate TTL, Topic and, with a body, the encoding headers (docs/protocol.md#push-headers)."""
     values = PUSH_HEADERS.load({name: headers[name] for name in _HEADER_NAMES if name in headers})
     crypto_headers = _crypto_headers(values) if has_body else None
     return PushHeaders(min(values["ttl"], max_ttl), values["topic"], crypto_headers)
@@ -157,7 +164,7 @@ def _params(header: str | None) -> list[dict[str, str]] | None:
     try:
         return parse_crypto_params(header)
     except ValueError as error:
-        raise invalid_encoding(f"Unparseable header: {error}") from error
+        raise PushError(UNPARSEABLE_ENCODING, error=error) from error
 
 
 def _has(sections: list[dict[str, str]] | None, name: str) -> bool:
@@ -174,14 +181,14 @@ def _crypto_headers(values: dict) -> dict[str, str]:
     encryption, crypto_key = _params(values["encryption"]), _params(values["crypto_key"])
     if encoding == CURRENT_ENCODING:
         if _has(encryption, "salt") or _has(crypto_key, "dh"):
-            raise invalid_encoding("aes128gcm carries its keys in the payload: no salt or dh headers")
+            raise PushError(AES128GCM_WITH_KEYS)
     elif encoding == LEGACY_ENCODING:
         if not _base64url_param(encryption, "salt"):
-            raise invalid_encoding("aesgcm requires Encryption with a base64url salt")
+            raise PushError(AESGCM_WITHOUT_SALT)
         if crypto_key is not None and not _base64url_param(crypto_key, "dh"):
-            raise invalid_encoding("aesgcm requires Crypto-Key with a base64url dh")
+            raise PushError(AESGCM_WITHOUT_DH)
     else:
-        raise invalid_encoding("Content-Encoding must be aes128gcm or aesgcm")
+        raise PushError(UNKNOWN_ENCODING)
     cleaned = {"encoding": encoding}
     if values["encryption"] is not None:
         cleaned["encryption"] = clean_crypto_header(values["encryption"])
@@ -191,5 +198,5 @@ def _crypto_headers(values: dict) -> dict[str, str]:
 
 
 def clean_crypto_header(value: str) -> str:
-    """Drop quotes and trailing padding before storing/forwarding (SPEC §4.4.4)."""
+    """Drop quotes and trailing padding before storing/forwarding (docs/protocol.md#push-headers)."""
     return TRAILING_PADDING.sub("", value.replace('"', ""))

@@ -1,37 +1,34 @@
-"""What the endpoint's handlers share in one worker: services plus routers."""
+"""What the endpoint's handlers share in one worker: services plus the message dispatcher."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
 
 from autopush_flask.config import Settings
-from autopush_flask.crypto import CryptoKeys, VapidVerifier
-from autopush_flask.db import Notification, Storage, User
+from autopush_flask.crypto.keys import CryptoKeys
+from autopush_flask.crypto.vapid import VapidVerifier
+from autopush_flask.db import Storage
 from autopush_flask.db.models import SortKeyClock
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.routers.apns import ApnsRouter
 from autopush_flask.routers.bridge import BridgeRouter, UnconfiguredBridge
+from autopush_flask.routers.delivery import Deliverer, Dispatcher, MessageStamper
 from autopush_flask.routers.fcm import FcmRouter
-from autopush_flask.routers.webpush import MessageStamper, WebPushRouter, node_pool
+from autopush_flask.routers.webpush import WebPushRouter, node_pool
 from autopush_flask.services import Services
 
 STATE_KEY = "autopush_endpoint"
 
 
-class Router(Protocol):
-    def route(self, user: User, notification: Notification) -> str: ...
-
-
 @dataclass
 class EndpointState:
     services: Services
-    stamper: MessageStamper
-    routers: dict[str, Router] = field(default_factory=dict)
+    dispatcher: Dispatcher
     # Bridge routers with credentials: the types the registration API accepts.
     bridges: dict[str, BridgeRouter] = field(default_factory=dict)
     vapid: VapidVerifier = field(default_factory=VapidVerifier)
@@ -58,22 +55,19 @@ class EndpointState:
         parts = urlsplit(self.settings.endpoint_url)
         return f"{parts.scheme}://{parts.netloc}"
 
-    def router_for(self, user: User) -> Router:
-        return self.routers[user.router_type]
-
 
 def build_state(node_services: Services) -> EndpointState:
     settings = node_services.settings
     http = node_pool(settings.node_connect_timeout, settings.node_request_timeout, settings.router_ca)
-    stamper = MessageStamper(node_services.crypto_keys, SortKeyClock())
     router_keys = RouterRequestKeys.from_crypto_keys(node_services.crypto_keys)
     webpush = WebPushRouter(
         node_services.storage, node_services.metrics, http, router_keys, durable=settings.durable_direct
     )
     bridges = configured_bridges(node_services)
-    routers: dict[str, Router] = {"webpush": webpush}
-    routers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})
-    return EndpointState(node_services, stamper, routers, bridges, VapidVerifier(settings.vapid_cache_bytes))
+    deliverers: dict[str, Deliverer] = {"webpush": webpush}
+    deliverers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})
+    dispatcher = Dispatcher(MessageStamper(node_services.crypto_keys, SortKeyClock()), deliverers)
+    return EndpointState(node_services, dispatcher, bridges, VapidVerifier(settings.vapid_cache_bytes))
 
 
 BRIDGE_FACTORIES = {"fcm": ("fcm_credentials", FcmRouter), "apns": ("apns_channels", ApnsRouter)}

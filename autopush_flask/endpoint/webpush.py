@@ -1,7 +1,7 @@
-"""``POST /wpush/…``: accept a Web Push message (SPEC §4.3–§4.9).
+"""``POST /wpush/…``: accept a Web Push message (docs/protocol.md#push, docs/protocol.md#push-response).
 
-The handler reads like SPEC §4.3: each step either passes or raises the
-``PushError`` the SPEC names, in the SPEC's order.
+The handler reads like docs/protocol.md#push: each step either passes or raises the
+``PushError`` the protocol names, in the protocol's order.
 """
 
 from __future__ import annotations
@@ -12,22 +12,29 @@ import time
 
 from flask import Blueprint, Response, request
 
-from autopush_flask.crypto import (
-    EndpointToken,
-    InvalidTokenError,
-    VapidError,
-    VapidResult,
-    encode_base64url,
-    parse_endpoint_token,
-    vapid_key_hash,
-)
+from autopush_flask.crypto.base64url import encode_base64url
+from autopush_flask.crypto.endpoints import EndpointToken, parse_endpoint_token, vapid_key_hash
+from autopush_flask.crypto.keys import InvalidTokenError
+from autopush_flask.crypto.vapid import VapidError, VapidResult
 from autopush_flask.db import Notification, StorageError, User
 from autopush_flask.db.models import WEBPUSH
 from autopush_flask.endpoint.body_limits import read_body
-from autopush_flask.endpoint.errors import PushError, authorization_header, storage_error, unauthorized
+from autopush_flask.endpoint.errors import authorization_header
 from autopush_flask.endpoint.schemas import PushHeaders, parse_push_headers
 from autopush_flask.endpoint.state import endpoint_state
 from autopush_flask.logging import log_fields
+from autopush_flask.push_errors import (
+    ENDPOINT_UNAVAILABLE,
+    EXPIRED_ENDPOINT,
+    INVALID_ENDPOINT,
+    INVALID_VAPID,
+    MISSING_AUTHORIZATION,
+    NO_SUCH_SUBSCRIPTION,
+    PAYLOAD_TOO_LARGE,
+    VAPID_KEY_MISMATCH,
+    PushError,
+)
+from autopush_flask.routers.delivery import DIRECT, Delivery
 
 BRIDGE_TYPES = ("fcm", "apns")
 LEGACY_DROPPED = "gcm"
@@ -38,7 +45,7 @@ log = logging.getLogger("autopush.endpoint")
 
 @webpush.post("/wpush/<token>")
 def push_unversioned(token: str) -> Response:
-    """The version segment is optional and means v1 (SPEC §4.1)."""
+    """The version segment is optional and means v1 (docs/protocol.md#endpoint-routes)."""
     return push("v1", token)
 
 
@@ -50,40 +57,38 @@ def push(api_version: str, token: str) -> Response:
     vapid = _check_vapid(subscription)
     user, channels = _load_user(subscription.uaid.hex)
     _check_subscription(user, channels, subscription)
-    max_data = state.settings.max_data
-    body = read_body(max_data, f"Data payload must be smaller than {max_data} bytes")
+    body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
-    notification = _notification(subscription, headers, body)
-    destination = state.router_for(user).route(user, notification)
+    delivery = state.dispatcher.dispatch(user, _notification(subscription, headers, body))
     if user.router_type != WEBPUSH:
         _keep_bridge_record(user)
-    _count_success(destination, user, vapid, len(body), headers)
-    return _created(notification.version, headers.ttl)
+    _count_success(delivery, user, vapid, len(body), headers)
+    return _created(delivery.message_id, headers.ttl)
 
 
 def _decrypt_token(token: str, api_version: str) -> EndpointToken:
     try:
         return parse_endpoint_token(endpoint_state().crypto_keys, token, api_version)
     except InvalidTokenError as error:
-        raise PushError(404, 102, "Invalid URL endpoint") from error
+        raise PushError(INVALID_ENDPOINT) from error
 
 
 def _check_vapid(subscription: EndpointToken) -> VapidResult | None:
-    """VAPID when present (v1) or required (v2), bound to the key for v2 (SPEC §4.6)."""
+    """VAPID when present (v1) or required (v2), bound to the key for v2 (docs/protocol.md#vapid)."""
     authorization = authorization_header()
     if authorization is None:
         if subscription.key_hash is not None:
-            raise unauthorized("Missing Authorization header")
+            raise PushError(MISSING_AUTHORIZATION)
         return None
     state = endpoint_state()
     try:
         result = state.vapid.verify(authorization, request.headers.get("Crypto-Key"), state.vapid_audience)
     except VapidError as error:
         state.metrics.increment("notification.auth.error", tags={"error": error.reason})
-        raise unauthorized(f"Invalid authentication: {error.reason}") from error
+        raise PushError(INVALID_VAPID, reason=error.reason) from error
     if subscription.key_hash is not None and not _key_matches(subscription.key_hash, result.public_key):
         state.metrics.increment("notification.auth.error", tags={"error": "key_mismatch"})
-        raise unauthorized("Key mismatch")
+        raise PushError(VAPID_KEY_MISMATCH)
     _count_vapid(result)
     return result
 
@@ -105,35 +110,34 @@ def _count_vapid(result: VapidResult) -> None:
 
 
 def _load_user(uaid: str) -> tuple[User, list[str] | None]:
-    try:
-        user, channels = endpoint_state().storage.get_user_with_channels(uaid)
-    except StorageError as error:
-        raise storage_error(error) from error
+    """The record and, where the store reads both at once, its channels.
+
+    A ``StorageError`` here and below is left to the app's handler, which
+    answers 503 errno 201 or 202 (``push_errors.storage_error``).
+    """
+    user, channels = endpoint_state().storage.get_user_with_channels(uaid)
     if user is None:
-        raise PushError(410, 103, "Expired URL endpoint")
+        raise PushError(EXPIRED_ENDPOINT)
     return user, channels
 
 
 def _check_subscription(user: User, channels: list[str] | None, subscription: EndpointToken) -> None:
-    """SPEC §4.7: the record must be usable and, for webpush, hold the channel."""
+    """docs/protocol.md#push: the record must be usable and, for webpush, hold the channel."""
     state = endpoint_state()
     if user.router_type not in (WEBPUSH, *BRIDGE_TYPES):
         if user.router_type == LEGACY_DROPPED:
             state.metrics.increment("notification.bridge.error", tags={"reason": "gcm_kill"})
-        _drop_user(user.uaid)
+        raise _dropped_user(user.uaid)
     if user.critical_failure:
-        raise PushError(410, 105, "Endpoint became unavailable")
+        raise PushError(ENDPOINT_UNAVAILABLE)
     if user.router_type != WEBPUSH:
         return
     if not state.storage.holds_data_of(user):
-        _drop_user(user.uaid)
+        raise _dropped_user(user.uaid)
     if channels is None:
-        try:
-            channels = state.storage.get_channels(user)
-        except StorageError as error:
-            raise storage_error(error) from error
+        channels = state.storage.get_channels(user)
     if str(subscription.channel_id) not in channels:
-        raise PushError(410, 106, "No such subscription")
+        raise PushError(NO_SUCH_SUBSCRIPTION)
 
 
 def _keep_bridge_record(user: User) -> None:
@@ -144,18 +148,17 @@ def _keep_bridge_record(user: User) -> None:
         log.info("record refresh failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
 
 
-def _drop_user(uaid: str) -> None:
+def _dropped_user(uaid: str) -> PushError:
+    """Delete a record no push can use; the caller raises the 410 errno 106 returned."""
     state = endpoint_state()
-    try:
-        state.storage.drop_user(uaid)
-    except StorageError as error:
-        raise storage_error(error) from error
+    state.storage.drop_user(uaid)
     state.metrics.increment("updates.drop_user", tags={"errno": 106})
-    raise PushError(410, 106, "No such subscription")
+    return PushError(NO_SUCH_SUBSCRIPTION)
 
 
 def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes) -> Notification:
-    notification = Notification(
+    """The message as accepted; the dispatcher gives it its version."""
+    return Notification(
         channel_id=str(subscription.channel_id),
         version="",
         ttl=headers.ttl,
@@ -164,12 +167,12 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
         data=encode_base64url(body) if body else None,
         headers=headers.crypto_headers if body else None,
     )
-    # The one stamp the message keeps, delivered or stored (see ``MessageStamper``).
-    endpoint_state().stamper.stamp(subscription.uaid.hex, notification)
-    return notification
 
 
-def _count_success(destination: str, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders) -> None:
+def _count_success(
+    delivery: Delivery, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders
+) -> None:
+    destination = delivery.destination
     metrics = endpoint_state().metrics
     tags = {"destination": destination, "router": user.router_type, "vapid": vapid is not None}
     metrics.increment("notification.message.success", tags=tags)
@@ -177,7 +180,7 @@ def _count_success(destination: str, user: User, vapid: VapidResult | None, size
         metrics.increment("notification.message_data", size, tags={"destination": destination})
         metrics.increment(f"updates.notification.encoding.{headers.crypto_headers['encoding']}")
     log.debug(
-        "Successful delivery" if destination == "Direct" else "Router miss, message stored.",
+        "Successful delivery" if destination == DIRECT else "Router miss, message stored.",
         extra=log_fields(uaid_hash=user.uaid, message_size=size, message_ttl=headers.ttl,
                          router_key=user.router_type),
     )

@@ -1,7 +1,7 @@
-"""What FCM and APNs delivery share (SPEC §6.1), and bridges left unconfigured.
+"""What FCM and APNs delivery share (docs/protocol.md#bridges), and bridges left unconfigured.
 
 A bridge router turns a notification into a platform message, sends it, and
-maps the platform's answer to the SPEC's status and errno. When the platform
+maps the platform's answer to the protocol's status and errno. When the platform
 says the device is gone, the record is deleted and the app server gets 410.
 """
 
@@ -12,8 +12,16 @@ import re
 from typing import Any, Protocol
 
 from autopush_flask.db import Notification, Storage, StorageError, User
-from autopush_flask.endpoint.errors import PushError
 from autopush_flask.logging import log_fields
+from autopush_flask.push_errors import (
+    NO_SUCH_SUBSCRIPTION,
+    UNKNOWN_FCM_APP,
+    UNKNOWN_RELEASE_CHANNEL,
+    UNSENDABLE_RECORD,
+    ErrorKind,
+    PushError,
+)
+from autopush_flask.routers.delivery import DIRECT, Deliverer
 
 TOKEN_PATTERN = r"^[^ ]{8,}$"
 # Client JSON kept in a router record must fit DynamoDB (32 levels of nesting
@@ -23,23 +31,16 @@ INTEGER_LIMIT = 10**38
 NUMBER_RANGE = (1e-130, 1e126)
 # What serialising stored client JSON can raise (json.dumps, quote, str.encode).
 UNSENDABLE = (RecursionError, TypeError, ValueError)
-UNCONFIGURED = {
-    "fcm": (106, "Unknown FCM app id"),
-    "apns": (None, "Unknown release channel"),
-}
+UNCONFIGURED = {"fcm": UNKNOWN_FCM_APP, "apns": UNKNOWN_RELEASE_CHANNEL}
 
 log = logging.getLogger("autopush.router")
 
 
-class BridgeRouter(Protocol):
-    """A bridge: registration data validation plus delivery."""
+class BridgeRouter(Deliverer, Protocol):
+    """A bridge: registration data validation plus delivery through the platform."""
 
     def router_data(self, app_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Validate a registration/token-update body into stored ``router_data`` (SPEC §5.3)."""
-        ...
-
-    def route(self, user: User, notification: Notification) -> str:
-        """Deliver through the platform; returns the destination label for metrics."""
+        """Validate a registration/token-update body into stored ``router_data`` (docs/protocol.md#bridge-registration)."""
         ...
 
 
@@ -96,12 +97,11 @@ def unsendable_record(metrics: Any, platform: str, app_id: str) -> PushError:
     Registration refuses such data now; records written before (or by other
     servers) can still hold it.
     """
-    bridge_error(metrics, platform, app_id, "invalid_record", 400, None)
-    return PushError(400, None, "The bridge record cannot be sent")
+    return bridge_failure(metrics, platform, app_id, "invalid_record", UNSENDABLE_RECORD)
 
 
 def bridge_data(notification: Notification) -> dict[str, str]:
-    """The flat string map every bridged message carries (SPEC §6.1)."""
+    """The flat string map every bridged message carries (docs/protocol.md#bridges)."""
     data = {"chid": notification.channel_id}
     if notification.data:
         headers = notification.headers or {}
@@ -122,28 +122,31 @@ def device_gone(storage: Storage, metrics: Any, user: User, platform: str, app_i
         log.warning("drop after device gone failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
     metrics.increment("updates.drop_user", tags={"errno": 106})
     log.debug("Dropping User", extra=log_fields(code=100, uaid_hash=user.uaid))
-    bridge_error(metrics, platform, app_id, "unregistered", 410, 106)
-    return PushError(410, 106, "No such subscription")
+    return bridge_failure(metrics, platform, app_id, "unregistered", NO_SUCH_SUBSCRIPTION)
 
 
-def bridge_error(metrics: Any, platform: str, app_id: str, reason: str, status: int, errno: int | None) -> None:
+def bridge_failure(
+    metrics: Any, platform: str, app_id: str, reason: str, kind: ErrorKind, **details: object
+) -> PushError:
+    """Count a failed delivery under ``reason`` and return the error for the caller to raise."""
     metrics.increment(
         "notification.bridge.error",
-        tags={"platform": platform, "app_id": app_id, "reason": reason, "error": status, "errno": errno},
+        tags={"platform": platform, "app_id": app_id, "reason": reason, "error": kind.status, "errno": kind.errno},
     )
+    return PushError(kind, **details)
 
 
 def bridge_sent(metrics: Any, platform: str, app_id: str) -> str:
     """Count a delivery; the endpoint counts the payload bytes for every router."""
     metrics.increment("notification.bridge.sent", tags={"platform": platform, "app_id": app_id})
-    return "Direct"
+    return DIRECT
 
 
 class UnconfiguredBridge:
-    """A router type whose platform has no credentials on this node (SPEC §6.2, §6.3)."""
+    """A router type whose platform has no credentials on this node (docs/protocol.md#bridges)."""
 
     def __init__(self, router_type: str) -> None:
-        self.errno, self.message = UNCONFIGURED[router_type]
+        self._refusal = UNCONFIGURED[router_type]
 
     def route(self, user: User, notification: Notification) -> str:
-        raise PushError(400, self.errno, self.message)
+        raise PushError(self._refusal)

@@ -1,4 +1,4 @@
-"""Delivery to Android devices through Firebase Cloud Messaging, HTTP v1 API (SPEC §6.2).
+"""Delivery to Android devices through Firebase Cloud Messaging, HTTP v1 API (docs/protocol.md#bridges).
 
 One pyfcm client per configured app id, created on first use and kept for
 the life of the worker: it holds the service-account credentials, the cached
@@ -15,7 +15,7 @@ What pyfcm 2.1.1 gives us and what we replace (read from its ``baseapi.py``):
 * ``notify()``/``parse_response()`` are not used: the payload they build adds
   ``"notification": {}`` and ``"validate_only"``, and the response parser
   accepts only 200 and turns 403/404/5xx into exception classes that drop the
-  body (and, for 401/403/404, the status), while SPEC §6.2 needs both. We send
+  body (and, for 401/403/404, the status), while docs/protocol.md#bridges needs both. We send
   through ``send_request`` and map the raw ``requests.Response`` here.
 * ``send_request``, the session and the token cache are overridden, see
   ``FcmClient``: pyfcm keeps them in ``threading.local`` (greenlet-local under
@@ -39,12 +39,25 @@ from requests.adapters import HTTPAdapter
 
 from autopush_flask.config import Settings
 from autopush_flask.db import Notification, Storage, User
-from autopush_flask.endpoint.errors import PushError
 from autopush_flask.logging import log_fields
+from autopush_flask.push_errors import (
+    BRIDGE_AUTHENTICATION,
+    BRIDGE_CONNECTION,
+    BRIDGE_DATA_TOO_LARGE,
+    BRIDGE_INVALID_RESPONSE,
+    BRIDGE_REPORTED_ERROR,
+    BRIDGE_TIMEOUT,
+    FCM_CREDENTIALS_UNUSABLE,
+    INVALID_DEVICE_TOKEN,
+    NO_SUCH_SUBSCRIPTION,
+    UNKNOWN_FCM_APP,
+    ErrorKind,
+    PushError,
+)
 from autopush_flask.routers.bridge import (
     UNSENDABLE,
     bridge_data,
-    bridge_error,
+    bridge_failure,
     bridge_sent,
     device_gone,
     unsendable_record,
@@ -55,7 +68,6 @@ PLATFORM = "fcm"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 POOL_SIZE = 100
 GONE_STATUSES = frozenset({"NOT_FOUND", "UNREGISTERED"})
-UNKNOWN_APP = "Unknown FCM app id"
 
 log = logging.getLogger("autopush.router")
 
@@ -177,25 +189,25 @@ class FcmRouter:
         self._timeout = settings.fcm_timeout or None
 
     def router_data(self, app_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """SPEC §5.3: a plausible device token and a configured app id."""
+        """docs/protocol.md#bridge-registration: a plausible device token and a configured app id."""
         token = body.get("token") if isinstance(body, dict) else None
         if not valid_token(token):
-            raise PushError(400, None, "Missing or invalid token")
+            raise PushError(INVALID_DEVICE_TOKEN)
         if app_id not in self._apps:
-            raise PushError(400, 106, UNKNOWN_APP)
+            raise PushError(UNKNOWN_FCM_APP)
         return {"token": token, "app_id": app_id}
 
     def route(self, user: User, notification: Notification) -> str:
         token, app_id = _record_target(user.router_data or {})
         if token is None or app_id is None:
             reason = "no_token" if token is None else "no_app_id"
-            raise self._failure(app_id or "", reason, 410, 106, "No such subscription")
+            raise self._failure(app_id or "", reason, NO_SUCH_SUBSCRIPTION)
         if app_id not in self._apps:
-            raise self._failure(app_id, "invalid_app_id", 400, 106, UNKNOWN_APP)
+            raise self._failure(app_id, "invalid_app_id", UNKNOWN_FCM_APP)
         data = bridge_data(notification)
         excess = len(_compact_json(data)) - self._settings.fcm_max_data
         if excess > 0:
-            raise self._failure(app_id, "too_much_data", 413, 104, f"Data too large: too long by {excess} bytes")
+            raise self._failure(app_id, "too_much_data", BRIDGE_DATA_TOO_LARGE, excess=excess)
         ttl = min(self._settings.fcm_max_ttl, max(self._settings.fcm_min_ttl, notification.ttl))
         message = {"message": {"token": token, "android": {"ttl": f"{ttl}s", "data": data}}}
         try:
@@ -213,34 +225,31 @@ class FcmRouter:
             return client.send_request(payload, timeout=self._timeout)
         except TokenFailure as error:
             log.error("FCM OAuth2 token failure", extra=log_fields(app_id=app_id, error=str(error)))
-            raise self._failure(app_id, "oauth_failure", 500, None, "FCM credentials are not usable") from error
+            raise self._failure(app_id, "oauth_failure", FCM_CREDENTIALS_UNUSABLE) from error
         except requests.Timeout as error:  # before ConnectionError: ConnectTimeout is both
-            raise self._failure(app_id, "timeout", 502, 903, "Bridge request timed out") from error
+            raise self._failure(app_id, "timeout", BRIDGE_TIMEOUT) from error
         except requests.RequestException as error:
             log.warning("FCM connection failure", extra=log_fields(app_id=app_id, error=str(error)))
-            raise self._failure(
-                app_id, "connection_unavailable", 502, 902, "Bridge connection failed"
-            ) from error
+            raise self._failure(app_id, "connection_unavailable", BRIDGE_CONNECTION) from error
 
     def _error_answer(self, user: User, app_id: str, response: requests.Response) -> PushError:
-        """SPEC §6.2's table for every non-2xx answer."""
+        """docs/protocol.md#bridges's table for every non-2xx answer."""
         status = response.status_code
         if status == 401:
-            return self._failure(app_id, "authentication", 502, 901, "Bridge authentication failed")
+            return self._failure(app_id, "authentication", BRIDGE_AUTHENTICATION)
         error = _error_object(response)
         if status == 404 or (error is not None and _fcm_codes(error) & GONE_STATUSES):
             return device_gone(self._storage, self._metrics, user, PLATFORM, app_id)
         if error is None:
             log.warning("FCM error without an error object",
                         extra=log_fields(app_id=app_id, status=status, body=response.text[:200]))
-            return self._failure(app_id, "invalid_response", 502, None, "Invalid response from bridge")
+            return self._failure(app_id, "invalid_response", BRIDGE_INVALID_RESPONSE)
         log.warning("FCM error", extra=log_fields(
             app_id=app_id, status=status, fcm_status=error.get("status"), fcm_message=error.get("message")))
-        return self._failure(app_id, f"upstream_{status}", 502, None, "Bridge reported an error")
+        return self._failure(app_id, f"upstream_{status}", BRIDGE_REPORTED_ERROR)
 
-    def _failure(self, app_id: str, reason: str, status: int, errno: int | None, message: str) -> PushError:
-        bridge_error(self._metrics, PLATFORM, app_id, reason, status, errno)
-        return PushError(status, errno, message)
+    def _failure(self, app_id: str, reason: str, kind: ErrorKind, **details: object) -> PushError:
+        return bridge_failure(self._metrics, PLATFORM, app_id, reason, kind, **details)
 
     def _client(self, app_id: str) -> FcmClient:
         client = self._clients.get(app_id)

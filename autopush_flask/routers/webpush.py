@@ -1,4 +1,4 @@
-"""Delivery to browsers: straight to their connection node, else storage (SPEC §4.8).
+"""Delivery to browsers: straight to their connection node, else storage (docs/architecture.md#how-a-push-travels).
 
 A direct notification costs one batched read (router record and channel
 list) and one internal HTTP PUT; the message table is written only when the
@@ -18,56 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-import uuid
 from typing import Any
 
-from autopush_flask.crypto import CryptoKeys, MessageId
 from autopush_flask.db import Notification, Storage, StorageError, User
-from autopush_flask.db.models import SortKeyClock
-from autopush_flask.endpoint.errors import PushError, storage_error
 from autopush_flask.keepalive import HTTPFailure, HTTPTimeout, PoolManager
 from autopush_flask.logging import log_fields
 from autopush_flask.node_auth import RouterRequestKeys
+from autopush_flask.push_errors import GONE_DURING_REQUEST, STORE_FAILED, PushError
+from autopush_flask.routers.delivery import DIRECT, EXPIRED, STORED
 
 NODE_POOL_SIZE = 100
-STORE_ERRNO = 201  # a failed store is always "back off" (SPEC §7.8)
 JSON_HEADERS = [("Content-Type", "application/json")]
 NODE_TOOK_IT = 200
 
 log = logging.getLogger("autopush.router")
-
-
-class MessageStamper:
-    """Gives a notification its message id and, unless it has a topic, its sort-key time.
-
-    Stamped once, when the endpoint accepts the message and before it is
-    offered to a connection node; a message the node does not take is stored
-    under that same stamp. Stamping again at store time would hand a message
-    the node may already have delivered (its answer came too late) a second
-    version, and the browser would get it twice.
-
-    The stamp can therefore be older than a later message that was stored,
-    delivered and acknowledged while this one waited: for the node (at most
-    ``AUTOPUSH_NODE_REQUEST_TIMEOUT``, 3 s by default) and for its own write
-    (three attempts of at most 10 s each by the storage client).
-    That is safe because a drain never stores a bookmark later than its own
-    start minus ``AUTOPUSH_BOOKMARK_MARGIN`` (60 s by default, a connection
-    node setting that must stay above this wait): a message written that
-    late still sorts after the bookmark and is read.
-    """
-
-    def __init__(self, crypto_keys: CryptoKeys, clock: SortKeyClock) -> None:
-        self._keys = crypto_keys
-        self._clock = clock
-
-    def stamp(self, uaid: str, notification: Notification) -> None:
-        ids = (uuid.UUID(uaid), uuid.UUID(notification.channel_id))
-        if notification.topic:
-            message_id = MessageId.for_topic(*ids, notification.topic)
-        else:
-            notification.sortkey_timestamp = self._clock.next()
-            message_id = MessageId.for_timestamp(*ids, notification.sortkey_timestamp)
-        notification.version = message_id.encode(self._keys)
 
 
 class NodeUnreachable(Exception):
@@ -86,6 +50,8 @@ def node_pool(connect_timeout: float, request_timeout: float, router_ca: str | N
 
 
 class WebPushRouter:
+    """The ``webpush`` deliverer: the browser's connection node, else the message table."""
+
     def __init__(
         self,
         storage: Storage,
@@ -101,7 +67,7 @@ class WebPushRouter:
         self._durable = durable
 
     def route(self, user: User, notification: Notification) -> str:
-        """Deliver, discard (TTL 0) or store; returns "Direct", "Expired" or "Stored".
+        """Deliver, discard (TTL 0) or store; returns ``DIRECT``, ``EXPIRED`` or ``STORED``.
 
         ``notification`` comes stamped and keeps its version. In durable mode
         a message with a TTL is stored first and offered to the node as
@@ -112,16 +78,16 @@ class WebPushRouter:
             self._store(user, notification)
         status = self._offer_to_node(user, notification) if user.node_id else None
         if status == NODE_TOOK_IT:
-            return "Direct"
+            return DIRECT
         if notification.ttl == 0:
             self._forget_if_unreachable(user, status)
             self._metrics.increment("notification.message.expired")
-            return "Expired"
+            return EXPIRED
         if not durable:
             self._store(user, notification)
         self._forget_if_unreachable(user, status)
         self._notify_node_after_store(user.uaid)
-        return "Stored"
+        return STORED
 
     def _offer_to_node(self, user: User, notification: Notification) -> int | None:
         """``PUT /push``: the node's status, or ``None`` when it could not be reached.
@@ -146,19 +112,23 @@ class WebPushRouter:
             self._storage.save_message(user, notification)
         except StorageError as error:
             log.warning("store failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
-            raise storage_error(error, STORE_ERRNO) from error
+            raise PushError(STORE_FAILED) from error
         notification.stored = True
         self._metrics.increment("notification.message.stored", tags={"topic": bool(notification.topic)})
 
     def _notify_node_after_store(self, uaid: str) -> None:
-        """Catch a client that connected while we were storing (SPEC §1.4)."""
+        """Catch a client that connected while we were storing (docs/architecture.md#stored-delivery).
+
+        Raises 410 errno 105 when the record was deleted meanwhile: the
+        message is stored for a browser that will never fetch it.
+        """
         try:
             user = self._storage.get_user(uaid)
         except StorageError:
             return  # the message is safely stored
         if user is None:
             self._metrics.increment("updates.client.deleted")
-            raise PushError(410, 105, "Endpoint became unavailable during request")
+            raise PushError(GONE_DURING_REQUEST)
         if user.node_id:
             try:
                 self._put(user.node_id, f"/notif/{uaid}", None)
@@ -180,7 +150,7 @@ class WebPushRouter:
         return response.status
 
     def _forget_node(self, uaid: str, node_id: str, connected_at: int | None) -> None:
-        """Conditional removal; losing the race is fine (SPEC §1.4)."""
+        """Conditional removal; losing the race is fine (docs/architecture.md#stored-delivery)."""
         self._metrics.increment("updates.client.host_gone")
         try:
             self._storage.remove_node_id(uaid, node_id, connected_at or 0)
@@ -189,7 +159,7 @@ class WebPushRouter:
 
 
 def _node_payload(notification: Notification) -> dict:
-    """The body of ``PUT /push`` (SPEC §3.1): data and headers only with a body.
+    """The body of ``PUT /push`` (docs/protocol.md#put-push): data and headers only with a body.
 
     ``sortkey_timestamp`` lets a node that stores the message (its browser
     left before acking) keep this version; ``stored`` tells it the message is

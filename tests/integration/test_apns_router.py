@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from autopush_flask.config import SettingsError
 from autopush_flask.db import Notification, Storage, User
-from autopush_flask.endpoint.errors import PushError
 from autopush_flask.metrics import RecordingMetrics
+from autopush_flask.push_errors import PushError
 from autopush_flask.routers.apns import ApnsChannel, ApnsRouter
 from tests.support.fake_apns import CLIENT_CN, CLOSE, Delay, FakeApns, Reply, TestPki
 

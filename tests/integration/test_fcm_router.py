@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from autopush_flask.config import Settings
-from autopush_flask.crypto import encode_base64url
+from autopush_flask.crypto.base64url import encode_base64url
 from autopush_flask.db import Notification, Storage, User, create_storage
-from autopush_flask.endpoint.errors import PushError
 from autopush_flask.metrics import MetricCall, RecordingMetrics
+from autopush_flask.push_errors import PushError
 from autopush_flask.routers.fcm import FCM_SCOPE, FcmRouter
 from tests.support.fake_fcm import CLOSE, GOOGLE_TOKEN_AUDIENCE, JWT_BEARER, Delay, FakeFcm, Reply
 
