@@ -1,13 +1,17 @@
-"""Unit tests for autopush_flask.crypto (real cryptography, no mocks).
+"""Unit tests for the autopush_flask.crypto package (real cryptography, no mocks).
+
+Each section below names the module it covers.
 
 Numbers in test names refer to the SPEC §11 conformance checklist.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import json
+import pathlib
 import uuid
 
 import jwt
@@ -20,27 +24,27 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from autopush_flask.crypto import (
-    CryptoKeys,
+import autopush_flask.crypto
+from autopush_flask.crypto.base64url import decode_base64_lenient, encode_base64url
+from autopush_flask.crypto.bridge_secrets import make_bridge_secret, verify_bridge_secret
+from autopush_flask.crypto.crypto_key_header import parse_crypto_params
+from autopush_flask.crypto.endpoints import (
     EndpointToken,
-    InvalidMessageIdError,
-    InvalidTokenError,
-    MessageId,
-    VapidError,
     decode_app_server_key,
-    decode_base64_lenient,
-    decode_vapid_public_key,
-    der_signature_to_raw,
-    encode_base64url,
     key_hash_matches,
-    make_bridge_secret,
     make_endpoint_token,
     make_endpoint_url,
-    parse_crypto_params,
     parse_endpoint_token,
-    parse_vapid_authorization,
     vapid_key_hash,
-    verify_bridge_secret,
+)
+from autopush_flask.crypto.keys import CryptoKeys, InvalidTokenError
+from autopush_flask.crypto.message_ids import InvalidMessageIdError, MessageId
+from autopush_flask.crypto.vapid import (
+    VapidError,
+    VapidVerifier,
+    decode_vapid_public_key,
+    der_signature_to_raw,
+    parse_vapid_authorization,
     verify_vapid,
 )
 
@@ -119,7 +123,7 @@ def reason_of(authorization: str, crypto_key: str | None = None, now=NOW) -> str
 
 
 # --------------------------------------------------------------------------
-# base64
+# base64 (crypto.base64url)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +155,7 @@ def test_encode_base64url_is_unpadded_urlsafe():
 
 
 # --------------------------------------------------------------------------
-# Fernet keys and endpoint tokens
+# Fernet keys (crypto.keys) and endpoint tokens (crypto.endpoints)
 
 
 def test_crypto_keys_requires_a_list_of_keys():
@@ -276,7 +280,7 @@ def test_27_padded_and_unpadded_key_give_the_same_hash(pub):
 
 
 # --------------------------------------------------------------------------
-# message ids
+# message ids (crypto.message_ids)
 
 
 def test_73_message_id_plaintexts_and_sort_keys(keys):
@@ -337,7 +341,7 @@ def test_message_id_rejects_inconsistent_construction():
 
 
 # --------------------------------------------------------------------------
-# bridge secrets
+# bridge secrets (crypto.bridge_secrets)
 
 
 def test_129_bridge_secret_vector():
@@ -362,7 +366,7 @@ def test_empty_auth_key_never_validates():
 
 
 # --------------------------------------------------------------------------
-# Crypto-Key parameters
+# Crypto-Key parameters (crypto.crypto_key_header)
 
 
 def test_parse_crypto_params():
@@ -379,7 +383,7 @@ def test_parse_crypto_params():
 
 
 # --------------------------------------------------------------------------
-# VAPID: key decoding and signatures
+# VAPID (crypto.vapid): key decoding and signatures
 
 
 def test_decode_vapid_public_key_encodings(signer):
@@ -599,8 +603,6 @@ def test_verify_vapid_uses_wall_clock_by_default(signer, pub):
 
 
 def test_vapid_verifier_remembers_signatures_but_rechecks_claims(signer, other_signer, pub) -> None:
-    from autopush_flask.crypto import VapidVerifier
-
     verifier = VapidVerifier(max_bytes=1000, clock=lambda: NOW)  # room for one entry
     token = sign(signer, _claims(exp=NOW + 600))
     authorization = vapid_header(token, pub)
@@ -615,3 +617,43 @@ def test_vapid_verifier_remembers_signatures_but_rechecks_claims(signer, other_s
     other_token = sign(other_signer, _claims())
     verifier.verify(vapid_header(other_token, _b64(raw_point(other_signer))), None, AUD, now=NOW)
     assert len(verifier) == 1  # bounded
+
+
+# --------------------------------------------------------------------------
+# package layout
+
+
+def _crypto_imports(module: pathlib.Path) -> set[str]:
+    """The sibling modules ``module`` imports, from its import statements."""
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autopush_flask.crypto."):
+            found.add(node.module.rpartition(".")[2])
+    return found
+
+
+def test_crypto_modules_import_each_other_without_cycles() -> None:
+    """A cycle would make the import order decide which names exist."""
+    package = pathlib.Path(autopush_flask.crypto.__file__).parent
+    graph = {path.stem: _crypto_imports(path) for path in package.glob("*.py") if path.stem != "__init__"}
+    assert {"keys", "endpoints", "message_ids", "vapid", "bridge_secrets"} <= graph.keys()
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
+        if name not in done:
+            for imported in graph[name]:
+                visit(imported, path + (name,))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+
+
+def test_crypto_package_re_exports_nothing() -> None:
+    """Callers name the module of the concern they use (see the package docstring)."""
+    public = [name for name in vars(autopush_flask.crypto) if not name.startswith("_")]
+    assert set(public) <= {"annotations", *_SUBMODULES}
+
+
+_SUBMODULES = {"base64url", "keys", "endpoints", "message_ids", "crypto_key_header", "vapid", "bridge_secrets"}
