@@ -1,4 +1,9 @@
-"""Shared fixtures: a real local DynamoDB (dynalite) and settings pointing at it."""
+"""Shared fixtures: a real local DynamoDB (dynalite) and settings pointing at it, fake bridges.
+
+Running nodes come from ``tests.support.stack.start_stack`` (endpoint and
+connection node), ``tests.support.connection_nodes`` (connection nodes
+alone) and ``tests.support.processes.running_node`` (one gunicorn master).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from autopush_flask.config import Settings, load_settings
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Storage, create_storage
 from autopush_flask.metrics import RecordingMetrics
+from tests.support.bridges import FakeBridges
 from tests.support.fake_node import FakeNode
 from tests.support.postgres import STORES, postgres_cluster, postgres_url  # noqa: F401 - fixtures, asked for by name
 from tests.support.processes import LocalDynamoDB
@@ -105,3 +111,11 @@ def fake_node() -> Iterator[FakeNode]:
     node = FakeNode()
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeBridges]:
+    """Fake FCM and APNs servers for a module's endpoint node (``fakes.node_settings`` wires them in)."""
+    bridges = FakeBridges.start(tmp_path_factory.mktemp("pki"))
+    yield bridges
+    bridges.stop()

@@ -91,7 +91,7 @@ def test_every_documented_errno_exists_in_code() -> None:
 def close_codes_in_code() -> set[int]:
     """The ``CLOSE_*`` codes the connection node sends."""
     codes = set()
-    for path in sorted((PACKAGE / "connection").glob("*.py")):
+    for path in sorted((PACKAGE / "connection").rglob("*.py")):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and type(node.value.value) is int:
                 if any(isinstance(t, ast.Name) and t.id.startswith("CLOSE_") for t in node.targets):

@@ -36,8 +36,8 @@ from tests.e2e.faults_support import (
 from tests.support.delivery import location_id, notifications, payload, point_at, push, stored, subscribe
 from tests.support.fake_node import FakeNode
 from tests.support.http_relay import HttpRelay
-from tests.support.postgres import STORES, store_environ
-from tests.support.stack import Stack
+from tests.support.postgres import STORES
+from tests.support.stack import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -46,11 +46,8 @@ LATE = NODE_TIMEOUT + 1.0  # how long the scripted node takes to answer
 
 
 @pytest.fixture(scope="module", params=STORES)
-def stack(request, dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("accepted-once"),
-                    AUTOPUSH_NODE_REQUEST_TIMEOUT=str(NODE_TIMEOUT), **store_environ(request, request.param)).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "accepted-once", store=request.param, AUTOPUSH_NODE_REQUEST_TIMEOUT=str(NODE_TIMEOUT))
 
 
 @pytest.fixture
@@ -151,36 +148,34 @@ def test_answer_lost_after_the_node_took_the_push_repeats_the_same_request(
 
 def test_term_of_a_connection_worker_mid_stream_gives_each_payload_one_version(
         dynalite, tmp_path: Path) -> None:
-    stack = Stack(dynalite.url, tmp_path, connection_workers=2)
     clients: list[StreamClient] = []
-    try:
-        stack.start()
-        clients = [StreamClient(stack.ws_url, ack_delay=0.5, reconnect_delay=0.5).subscribe() for _ in range(8)]
-        for client in clients:
-            client.start()
-        pusher = Pusher(clients, 300, interval=0.01, label="term").start()
-        pusher.wait_for(100)
-        nodes = [stack.storage.get_user(c.uaid).node_id for c in clients]
-        victim_node = max(set(nodes), key=nodes.count)
-        victim = pid_listening_on(port_of(victim_node), children(stack.connection.process.pid))
-        os.kill(victim, signal.SIGTERM)  # graceful: unacked notifications are kept, clients closed 1012
-        pusher.join()
-        settle(clients)
-        assert pusher.unexpected == [], pusher.unexpected[:5]
-        versions: dict[bytes, set[str]] = defaultdict(set)
-        for client in clients:
-            with client.lock:
-                for version, data in client.data.items():
-                    versions[payload({"data": data})].add(version)
-        doubled = {body: found for body, found in versions.items() if len(found) > 1}
-        result = tally(pusher, clients)
-        assert doubled == {}, list(doubled.items())[:3]
-        assert result.lost == 0, result.lost_versions[:5]
-        assert result.extras == 0
-        report(result.line("term-worker", payloads=len(versions), payloads_with_two_versions=len(doubled),
-                           clients_on_victim=nodes.count(victim_node),
-                           closes_1012=sum(c.close_codes.count(1012) for c in clients)))
-    finally:
-        for client in clients:
-            client.stop()
-        stack.stop()
+    with Stack(dynalite.url, tmp_path, connection_workers=2) as stack:
+        try:
+            clients = [StreamClient(stack.ws_url, ack_delay=0.5, reconnect_delay=0.5).subscribe() for _ in range(8)]
+            for client in clients:
+                client.start()
+            pusher = Pusher(clients, 300, interval=0.01, label="term").start()
+            pusher.wait_for(100)
+            nodes = [stack.storage.get_user(c.uaid).node_id for c in clients]
+            victim_node = max(set(nodes), key=nodes.count)
+            victim = pid_listening_on(port_of(victim_node), children(stack.connection.process.pid))
+            os.kill(victim, signal.SIGTERM)  # graceful: unacked notifications are kept, clients closed 1012
+            pusher.join()
+            settle(clients)
+            assert pusher.unexpected == [], pusher.unexpected[:5]
+            versions: dict[bytes, set[str]] = defaultdict(set)
+            for client in clients:
+                with client.lock:
+                    for version, data in client.data.items():
+                        versions[payload({"data": data})].add(version)
+            doubled = {body: found for body, found in versions.items() if len(found) > 1}
+            result = tally(pusher, clients)
+            assert doubled == {}, list(doubled.items())[:3]
+            assert result.lost == 0, result.lost_versions[:5]
+            assert result.extras == 0
+            report(result.line("term-worker", payloads=len(versions), payloads_with_two_versions=len(doubled),
+                               clients_on_victim=nodes.count(victim_node),
+                               closes_1012=sum(c.close_codes.count(1012) for c in clients)))
+        finally:
+            for client in clients:
+                client.stop()

@@ -32,7 +32,7 @@ from autopush_flask.services import LAST_SETUP_RETRY_SECONDS, build_services
 from tests.conftest import TEST_CRYPTO_KEY
 from tests.e2e.faults_support import children, report, wait_until
 from tests.support.delivery import location_id, notifications, push, subscribe
-from tests.support.processes import ROOT, LocalDynamoDB, free_port, free_port_range, stop_process
+from tests.support.processes import ROOT, LocalDynamoDB, free_port, free_port_range, stop_process, stopping
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.timeout(150)
@@ -64,9 +64,7 @@ def hello_outcome(url: str, uaid: str) -> str:
 def test_workers_replaced_while_the_store_is_down_keep_their_masters_up(tmp_path: Path) -> None:
     database = LocalDynamoDB(path=tmp_path / "dynamodb")
     database.start()
-    stack = Stack(database.url, tmp_path, connection_workers=2)
-    try:
-        stack.start()
+    with stopping(database), Stack(database.url, tmp_path, connection_workers=2) as stack:
         client, uaid, endpoint = subscribe(stack)
         client.close()
         database.stop()
@@ -112,9 +110,6 @@ def test_workers_replaced_while_the_store_is_down_keep_their_masters_up(tmp_path
                f"upgrade_503={outcomes.count('upgrade 503: Storage unavailable')} "
                f"endpoint_serving_after={endpoint_back:.2f}s both_connection_workers_after={connection_back:.2f}s "
                f"accepted_after={location_id(accepted[-1])[:8]}…")
-    finally:
-        stack.stop()
-        database.stop()
 
 
 def test_set_up_finishes_in_the_background_once_the_store_appears(make_settings, table_prefix: str) -> None:

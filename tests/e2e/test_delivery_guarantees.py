@@ -8,26 +8,30 @@ line with what it measured (``pytest -s`` shows them).
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from autopush_flask.config import CONNECTION, load_settings
-from autopush_flask.crypto import CryptoKeys, MessageId
-from autopush_flask.db import Notification, Storage, User, create_storage
+from autopush_flask.crypto.keys import CryptoKeys
+from autopush_flask.crypto.message_ids import MessageId
+from autopush_flask.db import Notification, User
 from autopush_flask.logging import Redactor, uaid_hash_key
-from autopush_flask.metrics import NullMetrics
 from tests.e2e.faults_support import report
-from tests.integration.test_connection_node import CRYPTO_KEY, node_environ, router
-from tests.support.processes import GunicornNode, LocalDynamoDB, free_port_range
+from tests.support.connection_nodes import (
+    CRYPTO_KEY,
+    ConnectionNodes,
+    dynamodb_store,
+    router,
+    running_connection_nodes,
+)
+from tests.support.processes import LocalDynamoDB, stopping
 from tests.support.delivery import notifications as delivered
 from tests.support.push_client import PushClient
 from tests.support.statsd_sink import StatsdSink
@@ -39,60 +43,10 @@ KEYS = CryptoKeys([CRYPTO_KEY])
 GRACEFUL_TIMEOUT = 10  # GunicornNode starts gunicorn with --graceful-timeout 10
 
 
-@dataclass
-class Node:
-    """One connection worker, the storage it uses and its log."""
-
-    gunicorn: GunicornNode
-    storage: Storage
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.gunicorn.port}/"
-
-    def client(self) -> PushClient:
-        return PushClient(self.ws_url)
-
-    def subscribed(self) -> tuple[PushClient, str, str]:
-        client = self.client()
-        uaid = client.hello()["uaid"]
-        channel_id = str(uuid.uuid4())
-        assert client.register(channel_id)["status"] == 200
-        return client, uaid, channel_id
-
-    def node_id(self, uaid: str) -> str:
-        return self.storage.get_user(uaid).node_id
-
-    def log_lines(self) -> list[dict]:
-        """The JSON log lines' fields (gunicorn's own plain lines are skipped)."""
-        found = []
-        for line in self.gunicorn.log().splitlines():
-            if line.startswith("{"):
-                found.append(json.loads(line)["Fields"])
-        return found
-
-
-def start_node(ddb_url: str, table_prefix: str, log_path: Path, storage_url: str | None = None,
-               **settings: str) -> Node:
-    """A one-worker node on ``ddb_url``; the test reads storage at ``storage_url`` (default the same)."""
-    router_port = free_port_range(1)
-    store = {
-        "AUTOPUSH_DDB_ENDPOINT": ddb_url,
-        "AUTOPUSH_ROUTER_TABLE": f"{table_prefix}_router",
-        "AUTOPUSH_MESSAGE_TABLE": f"{table_prefix}_message",
-    }
-    environ = node_environ(store, router_port, **settings)
-    gunicorn = GunicornNode("wsgi:connection_app", environ)
-    gunicorn.start(log_path, wait_ports=(router_port,))
-    storage_environ = {**environ, "AUTOPUSH_DDB_ENDPOINT": storage_url or ddb_url}
-    return Node(gunicorn, create_storage(load_settings(CONNECTION, storage_environ), NullMetrics()))
-
-
 @pytest.fixture
-def node(dynalite, table_prefix, tmp_path) -> Iterator[Node]:
-    running = start_node(dynalite.url, table_prefix, tmp_path / "connection.log")
-    yield running
-    running.gunicorn.stop()
+def node(dynalite, table_prefix, tmp_path) -> Iterator[ConnectionNodes]:
+    with running_connection_nodes(dynamodb_store(dynalite.url, table_prefix), tmp_path / "connection.log") as running:
+        yield running
 
 
 def message_id(uaid: str, channel_id: str, stamp: int) -> str:
@@ -133,7 +87,7 @@ def wait_notifications(client: PushClient, count: int, timeout: float) -> list[d
     return found
 
 
-def reconnect(node: Node, uaid: str, timeout: float = 20.0) -> PushClient:
+def reconnect(node: ConnectionNodes, uaid: str, timeout: float = 20.0) -> PushClient:
     """Hello with ``uaid`` until it is answered 200 (the database may be coming back)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -150,7 +104,7 @@ def reconnect(node: Node, uaid: str, timeout: float = 20.0) -> PushClient:
 # ---- 1. repeated topic keys when a client drops -------------------------------------
 
 
-def test_two_unacked_pushes_with_one_topic_then_tcp_dropped(node: Node) -> None:
+def test_two_unacked_pushes_with_one_topic_then_tcp_dropped(node: ConnectionNodes) -> None:
     client, uaid, channel_id = node.subscribed()
     node_id = node.node_id(uaid)
     older = stamped_push(uaid, channel_id, "b2xkZXI", topic="inbox", version="topic-older")
@@ -170,7 +124,7 @@ def test_two_unacked_pushes_with_one_topic_then_tcp_dropped(node: Node) -> None:
 # ---- 2. the bookmark race --------------------------------------------------------------
 
 
-def test_a_message_written_after_a_later_stamped_one_was_acked_is_delivered(node: Node) -> None:
+def test_a_message_written_after_a_later_stamped_one_was_acked_is_delivered(node: ConnectionNodes) -> None:
     """A is stamped first but written after B, which the browser already drained and acked."""
     client, uaid, channel_id = node.subscribed()
     node_id = node.node_id(uaid)
@@ -198,7 +152,7 @@ def test_a_message_written_after_a_later_stamped_one_was_acked_is_delivered(node
 # ---- 4. the same version twice ------------------------------------------------------------
 
 
-def test_a_retried_put_push_is_delivered_once(node: Node) -> None:
+def test_a_retried_put_push_is_delivered_once(node: ConnectionNodes) -> None:
     client, uaid, channel_id = node.subscribed()
     node_id = node.node_id(uaid)
     body = stamped_push(uaid, channel_id, "b25jZQ")
@@ -224,8 +178,8 @@ def test_unacked_direct_notifications_survive_a_database_outage_at_disconnect(
     database = LocalDynamoDB(path=tmp_path / "dynamodb")
     database.start()
     sink = StatsdSink()
-    node = start_node(database.url, table_prefix, tmp_path / "connection.log", **sink.settings())
-    try:
+    with closing(sink), stopping(database), running_connection_nodes(
+            dynamodb_store(database.url, table_prefix), tmp_path / "connection.log", **sink.settings()) as node:
         client, uaid, channel_id = node.subscribed()
         node_id = node.node_id(uaid)
         bodies = [stamped_push(uaid, channel_id, f"bm90aWZ{i}") for i in range(3)]
@@ -249,17 +203,13 @@ def test_unacked_direct_notifications_survive_a_database_outage_at_disconnect(
         assert not [line for line in noise if "Traceback" in line or "SideGreenlet" in line], noise[:40]
         report(f"outage-at-disconnect: unacked=3 redelivered={len(received)} after {recovered_in:.1f}s "
                f"plain_traceback_lines=0")
-    finally:
-        node.gunicorn.stop()
-        database.stop()
-        sink.close()
 
 
 def test_failed_storage_calls_are_logged_once_as_json(dynalite, table_prefix, tmp_path: Path) -> None:
     """Each failed storage call used to add a ~35-line plain-text traceback from gevent's hub."""
     proxy = ThrottleProxy(dynalite.port).start()
-    node = start_node(proxy.url, table_prefix, tmp_path / "connection.log")
-    try:
+    with stopping(proxy), running_connection_nodes(
+            dynamodb_store(proxy.url, table_prefix), tmp_path / "connection.log") as node:
         client = node.client()
         client.hello()
         proxy.throttling = True
@@ -275,9 +225,6 @@ def test_failed_storage_calls_are_logged_once_as_json(dynalite, table_prefix, tm
         assert proxy.throttled >= failures
         report(f"storage-error-noise: failed_calls={failures} plain_lines={len(plain)} "
                f"log_bytes={len(text)}")
-    finally:
-        node.gunicorn.stop()
-        proxy.stop()
 
 
 # ---- 6. a graceful stop while storage is slow -----------------------------------------------------
@@ -313,55 +260,53 @@ def test_graceful_stop_under_a_slow_store_counts_and_logs_what_it_could_not_stor
         dynalite, table_prefix, tmp_path: Path) -> None:
     proxy = SlowBatchWrites(dynalite.port, delay=1.0).start()
     sink = StatsdSink()
-    node = start_node(proxy.url, table_prefix, tmp_path / "connection.log", storage_url=dynalite.url,
-                      **sink.settings())
     clients: list[PushClient] = []
-    try:
-        pushed: dict[str, str] = {}  # version → uaid
-        for _ in range(12):
-            client, uaid, channel_id = node.subscribed()
-            clients.append(client)
-            for index in range(2):
-                body = stamped_push(uaid, channel_id, f"c2xvd{index}")
-                assert put_push(node.node_id(uaid), uaid, body) == 200
-                pushed[body["version"]] = uaid
-        idle = [node.client() for _ in range(3)]  # nothing to store
-        for client in idle:
-            client.hello()
-        for client in clients:
-            assert len(notifications(client, quiet=0.3)) == 2  # read, not acked
-        for client in clients + idle:
-            client.ws.settimeout(GRACEFUL_TIMEOUT + 5)
-        proxy.slow = True
-        node.gunicorn.signal(signal.SIGTERM)
-        stopped_at = time.monotonic()
-        codes = [c.close_code() for c in clients + idle]
-        node.gunicorn.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
-        exited_in = time.monotonic() - stopped_at
-        proxy.closed = True
+    with closing(sink), stopping(proxy), running_connection_nodes(
+            dynamodb_store(proxy.url, table_prefix), tmp_path / "connection.log",
+            storage_variables={"AUTOPUSH_DDB_ENDPOINT": dynalite.url}, **sink.settings()) as node:
+        try:
+            pushed: dict[str, str] = {}  # version → uaid
+            for _ in range(12):
+                client, uaid, channel_id = node.subscribed()
+                clients.append(client)
+                for index in range(2):
+                    body = stamped_push(uaid, channel_id, f"c2xvd{index}")
+                    assert put_push(node.node_id(uaid), uaid, body) == 200
+                    pushed[body["version"]] = uaid
+            idle = [node.client() for _ in range(3)]  # nothing to store
+            for client in idle:
+                client.hello()
+            for client in clients:
+                assert len(notifications(client, quiet=0.3)) == 2  # read, not acked
+            for client in clients + idle:
+                client.ws.settimeout(GRACEFUL_TIMEOUT + 5)
+            proxy.slow = True
+            node.gunicorn.signal(signal.SIGTERM)
+            stopped_at = time.monotonic()
+            codes = [c.close_code() for c in clients + idle]
+            node.gunicorn.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
+            exited_in = time.monotonic() - stopped_at
+            proxy.closed = True
 
-        stored = set()
-        for uaid in set(pushed.values()):
-            stored |= {m.version for m in node.storage.fetch_timestamp_messages(User(uaid=uaid), None, limit=50)[1]}
-        given_up_lines = [f for f in node.log_lines() if f["message"] == "storage write given up"]
-        logged_ids = [i for f in given_up_lines for i in f["message_ids"]]
-        redactor = Redactor(uaid_hash_key(KEYS))
-        shortened = {redactor.secret(version): version for version in pushed}
-        given_up = {shortened[i] for i in logged_ids}
-        metric = sink.wait_count("autoconnect.storage.retry.given_up", len(logged_ids), operation="store_direct",
-                                 reason="shutdown")
+            stored = set()
+            for uaid in set(pushed.values()):
+                stored |= {m.version for m in node.storage.fetch_timestamp_messages(User(uaid=uaid), None, limit=50)[1]}
+            given_up_lines = [f for f in node.log_lines() if f["message"] == "storage write given up"]
+            logged_ids = [i for f in given_up_lines for i in f["message_ids"]]
+            redactor = Redactor(uaid_hash_key(KEYS))
+            shortened = {redactor.secret(version): version for version in pushed}
+            given_up = {shortened[i] for i in logged_ids}
+            metric = sink.wait_count("autoconnect.storage.retry.given_up", len(logged_ids), operation="store_direct",
+                                     reason="shutdown")
 
-        assert set(pushed) - stored - given_up == set(), "lost without a word"
-        assert codes == [1012] * len(codes)  # every client told to reconnect elsewhere
-        assert exited_in < GRACEFUL_TIMEOUT
-        assert given_up and stored  # the slow store ran out of time part-way
-        assert metric == len(logged_ids) == len(given_up)
-        assert all(len(i) < 20 for i in logged_ids)  # message ids shortened in the log
-        report(f"slow-store-shutdown: unacked={len(pushed)} stored={len(stored)} given_up_logged={len(given_up)} "
-               f"metric={metric} closes_1012={codes.count(1012)}/{len(codes)} exited_in={exited_in:.1f}s")
-    finally:
-        for client in clients:
-            client.close()
-        node.gunicorn.stop()
-        proxy.stop()
-        sink.close()
+            assert set(pushed) - stored - given_up == set(), "lost without a word"
+            assert codes == [1012] * len(codes)  # every client told to reconnect elsewhere
+            assert exited_in < GRACEFUL_TIMEOUT
+            assert given_up and stored  # the slow store ran out of time part-way
+            assert metric == len(logged_ids) == len(given_up)
+            assert all(len(i) < 20 for i in logged_ids)  # message ids shortened in the log
+            report(f"slow-store-shutdown: unacked={len(pushed)} stored={len(stored)} given_up_logged={len(given_up)} "
+                   f"metric={metric} closes_1012={codes.count(1012)}/{len(codes)} exited_in={exited_in:.1f}s")
+        finally:
+            for client in clients:
+                client.close()

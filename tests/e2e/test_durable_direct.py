@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,8 @@ import pytest
 from tests.e2e.faults_support import children, pid_listening_on, port_of, report, wait_until
 from tests.support.delivery import location_id, notifications, payload, point_at, push, stored, subscribe
 from tests.support.fake_node import FakeNode
-from tests.support.postgres import STORES, store_environ
-from tests.support.stack import Stack
+from tests.support.postgres import STORES
+from tests.support.stack import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,11 +33,8 @@ DURABLE = {"AUTOPUSH_DURABLE_DIRECT": "true"}
 
 
 @pytest.fixture(scope="module", params=STORES)
-def stack(request, dynalite, tmp_path_factory) -> Iterator[Stack]:
-    store = store_environ(request, request.param)
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("durable"), **DURABLE, **store).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "durable", store=request.param, **DURABLE)
 
 
 def offered_pushes(node: FakeNode) -> list[dict]:
@@ -76,9 +72,7 @@ def test_ttl_zero_is_never_stored(stack: Stack, fake_node: FakeNode, answer: int
 
 
 def test_sigkill_of_the_worker_holding_an_unacked_message_loses_nothing(dynalite, tmp_path: Path) -> None:
-    stack = Stack(dynalite.url, tmp_path, connection_workers=2, **DURABLE)
-    try:
-        stack.start()
+    with Stack(dynalite.url, tmp_path, connection_workers=2, **DURABLE) as stack:
         client, uaid, endpoint = subscribe(stack)
         acked = location_id(push(endpoint, b"acked"))
         assert [n["version"] for n in notifications(client, wait=0.5)] == [acked]  # and acked
@@ -99,15 +93,11 @@ def test_sigkill_of_the_worker_holding_an_unacked_message_loses_nothing(dynalite
         wait_until(lambda: stored(stack, uaid) == [], 5, what="the ack's delete after the redelivery")
         report(f"durable-sigkill: lost=0 redelivered_same_version=1 seconds_to_redelivery={redelivered_after:.2f} "
                f"stored_left_after_acks=0")
-    finally:
-        stack.stop()
 
 
 def test_durable_mode_off_loses_the_unacked_message_to_a_sigkill(dynalite, tmp_path: Path) -> None:
     """The loss the mode exists for, shown with the mode off (the default)."""
-    stack = Stack(dynalite.url, tmp_path, connection_workers=2)
-    try:
-        stack.start()
+    with Stack(dynalite.url, tmp_path, connection_workers=2) as stack:
         client, uaid, endpoint = subscribe(stack)
         unacked = location_id(push(endpoint, b"unacked"))
         assert [n["version"] for n in notifications(client, wait=0.5, ack=False)] == [unacked]
@@ -119,5 +109,3 @@ def test_durable_mode_off_loses_the_unacked_message_to_a_sigkill(dynalite, tmp_p
         assert again.hello(uaid)["uaid"] == uaid
         assert notifications(again) == []
         report("direct-sigkill: lost=1 (the documented loss of the default mode)")
-    finally:
-        stack.stop()

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from pywebpush import WebPushException
 
-from autopush_flask.crypto import CryptoKeys, EndpointToken, parse_endpoint_token
+from autopush_flask.crypto.endpoints import EndpointToken, parse_endpoint_token
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import User
 from tests.e2e.firefox_support import (
     BrowserSubscription,
@@ -31,7 +32,7 @@ from tests.e2e.firefox_support import (
     profile_uaid,
     wait_for,
 )
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer
 
 FIREFOX = find_firefox()
@@ -47,10 +48,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("firefox-stack")).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "firefox-stack")
 
 
 @pytest.fixture(scope="module")

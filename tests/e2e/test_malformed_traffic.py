@@ -70,18 +70,16 @@ from tests.e2e.fuzz_support import (
 from tests.support.fuzzing import SEED, Answer, judge
 from tests.support.fuzzing import fuzz_seed, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
 from tests.support.push_client import PushClient
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 
 SCALE = fuzz_scale()
 QUIET_CLIENTS = 20  # identified clients that just sit on the worker during the fuzzing
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest) -> Stack:
     """One connection worker (so every client shares it) and one endpoint worker."""
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("malformed-traffic")).start()
-    yield running
-    running.stop()
+    return start_stack(request, "malformed-traffic")
 
 
 def router_health(stack: Stack) -> requests.Response:

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from autopush_flask.crypto import CryptoKeys, make_endpoint_url
+from autopush_flask.crypto.endpoints import make_endpoint_url
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Storage, User, create_storage
 from autopush_flask.db.dynamodb.rotation import month_shift, monthly_table_name
 from autopush_flask.metrics import NullMetrics

@@ -17,7 +17,7 @@ import requests
 import websocket
 
 from autopush_flask.config import CONNECTION, load_settings
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Notification, User, create_storage
 from autopush_flask.metrics import NullMetrics
 from tests.support.processes import GunicornNode, free_port_range

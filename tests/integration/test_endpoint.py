@@ -9,26 +9,24 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
 from pywebpush import WebPushException
 
-from autopush_flask.crypto import CryptoKeys, MessageId, make_endpoint_url
+from autopush_flask.crypto.endpoints import make_endpoint_url
+from autopush_flask.crypto.keys import CryptoKeys
+from autopush_flask.crypto.message_ids import MessageId
 from autopush_flask.db import Notification, User
-from tests.support.postgres import STORES, store_environ
+from tests.support.postgres import STORES
 from tests.support.push_client import PushClient
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer, Subscription
 
 
 @pytest.fixture(scope="module", params=STORES)
-def stack(request, dynalite, tmp_path_factory) -> Iterator[Stack]:
-    store = store_environ(request, request.param)
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("stack"), **store).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "stack", store=request.param)
 
 
 @pytest.fixture(scope="module")

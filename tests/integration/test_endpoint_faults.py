@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
 
 from autopush_flask.db import User
 from tests.support.fake_node import ABORT, FakeNode
-from tests.support.processes import LocalDynamoDB
-from tests.support.stack import Stack
+from tests.support.processes import LocalDynamoDB, stopping
+from tests.support.stack import Stack, start_stack
 from tests.support.throttle_proxy import ThrottleProxy
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("faults")).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "faults")
 
 
 def offline_subscription(stack: Stack) -> tuple[str, str, str]:
@@ -108,8 +105,7 @@ def test_116_record_deleted_between_store_and_reread(stack: Stack, fake_node: Fa
 
 def test_117_throttled_store_is_503_201_and_nothing_accepted_is_lost(dynalite, tmp_path) -> None:
     proxy = ThrottleProxy(dynalite.port).start()
-    stack = Stack(proxy.url, tmp_path).start()
-    try:
+    with stopping(proxy), Stack(proxy.url, tmp_path) as stack:
         uaid, _, endpoint = offline_subscription(stack)
         proxy.throttle_targets = {"PutItem"}
         proxy.throttling = True
@@ -124,30 +120,22 @@ def test_117_throttled_store_is_503_201_and_nothing_accepted_is_lost(dynalite, t
         client = stack.client()
         assert client.hello(uaid)["uaid"] == uaid
         assert client.receive()["version"] == location_id(accepted)
-    finally:
-        stack.stop()
-        proxy.stop()
 
 
 def test_throttled_lookup_is_503_201(dynalite, tmp_path) -> None:
     proxy = ThrottleProxy(dynalite.port).start()
-    stack = Stack(proxy.url, tmp_path).start()
-    try:
+    with stopping(proxy), Stack(proxy.url, tmp_path) as stack:
         _, _, endpoint = offline_subscription(stack)
         proxy.throttling = True
         response = push(endpoint)
         assert (response.status_code, response.json()["errno"]) == (503, 201)
         assert requests.delete(f"{stack.endpoint_url}/m/" + "x", timeout=5).status_code == 400
-    finally:
-        stack.stop()
-        proxy.stop()
 
 
 def test_database_down_is_503_202_then_recovers(tmp_path) -> None:
     database = LocalDynamoDB(path=tmp_path / "data")
     database.start()
-    stack = Stack(database.url, tmp_path).start()
-    try:
+    with stopping(database), Stack(database.url, tmp_path) as stack:
         uaid, _, endpoint = offline_subscription(stack)
         accepted_before = push(endpoint)
         assert accepted_before.status_code == 201
@@ -165,6 +153,3 @@ def test_database_down_is_503_202_then_recovers(tmp_path) -> None:
         client.hello(uaid)
         received = {client.receive()["version"] for _ in range(2)}
         assert received == {location_id(accepted_before), location_id(accepted_after)}
-    finally:
-        stack.stop()
-        database.stop()

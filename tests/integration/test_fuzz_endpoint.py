@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from autopush_flask.endpoint.schemas import BASE64URL_VALUE, SIGNED_INTEGER
 from tests.support.fuzzing import SEED, Answer, Verdict, judge
 from tests.support.fuzzing import fuzz_seed, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer, b64url, raw_public_key
 
 MAX_TTL = 2_592_000  # default max_notification_ttl (SPEC §4.4.1)
@@ -67,10 +67,8 @@ TALLY: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("fuzz-stack")).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "fuzz-stack")
 
 
 @pytest.fixture(scope="module")

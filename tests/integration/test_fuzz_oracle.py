@@ -24,7 +24,7 @@ import pytest
 from tests.support.fuzzing import Answer, judge, server_front
 from tests.support.nginx import Certificate, Nginx, find_nginx, make_certificate, render, site_values
 from tests.support.processes import free_port
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 
 PUBLIC_HOST = "push.example.test"
 LIMIT = 8190  # gunicorn's default limit_request_line and limit_request_field_size
@@ -75,10 +75,8 @@ def exchange(sock: socket.socket, request: bytes) -> Answer:
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory) -> Iterator[Stack]:
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("fuzz-oracle")).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return start_stack(request, "fuzz-oracle")
 
 
 def gunicorn_answer(stack: Stack, request: bytes) -> Answer:

@@ -27,7 +27,7 @@ from autopush_flask.endpoint.app import create_endpoint_app
 from tests.support.nginx import Certificate, Nginx, find_nginx, make_certificate, render, site_values
 from tests.support.processes import free_port
 from tests.support.push_client import PushClient
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer, Subscription, b64url_decode
 
 PUBLIC_HOST = "push.example.test"
@@ -66,13 +66,8 @@ def origin(public_port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory, origin: str) -> Iterator[Stack]:
-    running = Stack(
-        dynalite.url, tmp_path_factory.mktemp("stack"),
-        AUTOPUSH_ENDPOINT_URL=origin, AUTOPUSH_PROXY_FIX="true",
-    ).start()
-    yield running
-    running.stop()
+def stack(request: pytest.FixtureRequest, origin: str) -> Stack:
+    return start_stack(request, "stack", AUTOPUSH_ENDPOINT_URL=origin, AUTOPUSH_PROXY_FIX="true")
 
 
 @pytest.fixture(scope="module")

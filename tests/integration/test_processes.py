@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from autopush_flask.config import ENDPOINT, load_settings
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import create_storage
 from autopush_flask.metrics import NullMetrics
 from tests.support.processes import ROOT, LocalDynamoDB, free_port, stop_process, wait_for_port

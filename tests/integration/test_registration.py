@@ -6,56 +6,31 @@ A real gunicorn endpoint node with FCM and APNs configured against local fakes
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
 from pywebpush import WebPushException
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from autopush_flask.crypto import make_bridge_secret
-from tests.support.fake_apns import FakeApns, Reply, TestPki
-from tests.support.fake_fcm import FakeFcm
+from autopush_flask.crypto.bridge_secrets import make_bridge_secret
+from tests.support.bridges import APNS_CHANNEL, FCM_APP, FCM_PROJECT, FakeBridges
+from tests.support.fake_apns import Reply
 from tests.support.fake_fcm import Reply as FcmReply
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer, Subscription
 
 AUTH_KEYS = ["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB=", "second-auth-key-for-rotation-tests-000000="]
-FCM_APP, FCM_PROJECT = "fennec-app", "fennec-project"
-APNS_CHANNEL = "firefox"
 
 
 @pytest.fixture(scope="module")
-def fakes(tmp_path_factory) -> Iterator[tuple[FakeFcm, FakeApns]]:
-    fcm, apns = FakeFcm(), FakeApns(TestPki(tmp_path_factory.mktemp("pki")))
-    yield fcm, apns
-    fcm.stop()
-    apns.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory, fakes) -> Iterator[Stack]:
-    fcm, apns = fakes
-    key_dir = tmp_path_factory.mktemp("p8")
-    p8 = key_dir / "AuthKey.p8"
-    p8.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+def stack(request: pytest.FixtureRequest, fakes: FakeBridges) -> Stack:
+    key_dir = request.getfixturevalue("tmp_path_factory").mktemp("p8")
     settings = {
         "AUTOPUSH_AUTH_KEYS": ",".join(AUTH_KEYS),
-        "AUTOPUSH_FCM_CREDENTIALS": json.dumps(
-            {FCM_APP: {"project_id": FCM_PROJECT, "credential": json.dumps(fcm.service_account())}}),
-        "AUTOPUSH_FCM_BASE_URL": fcm.url,
         "AUTOPUSH_FCM_TIMEOUT": "1",
-        "AUTOPUSH_APNS_CHANNELS": json.dumps({APNS_CHANNEL: {
-            "key": str(p8), "key_id": "KEY1234567", "team_id": "TEAM123456",
-            "url": apns.url, "ca": apns.ca_file}}),
+        **fakes.node_settings(key_dir),
     }
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("bridges"), **settings).start()
-    yield running
-    running.stop()
+    return start_stack(request, "bridges", **settings)
 
 
 def url(stack: Stack, path: str) -> str:

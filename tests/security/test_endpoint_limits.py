@@ -26,21 +26,21 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from autopush_flask.crypto import CryptoKeys, VapidError, VapidVerifier, make_endpoint_url
+from autopush_flask.crypto.endpoints import make_endpoint_url
+from autopush_flask.crypto.keys import CryptoKeys
+from autopush_flask.crypto.vapid import VapidError, VapidVerifier
 from autopush_flask.db import User
 from autopush_flask.endpoint.body_limits import DRAIN_SECONDS, READ_PIECE
 from autopush_flask.endpoint.errors import MAX_AUTHORIZATION
 from autopush_flask.endpoint.registration import MAX_BODY as REGISTRATION_MAX_BODY
 from autopush_flask.health import TABLE_CHECK_MAX_AGE
-from tests.support.fake_apns import FakeApns, TestPki
-from tests.support.fake_fcm import FakeFcm
-from tests.support.processes import GunicornNode, LocalDynamoDB
-from tests.support.stack import Stack
+from tests.support.bridges import APNS_CHANNEL, FCM_APP, FakeBridges
+from tests.support.processes import GunicornNode, LocalDynamoDB, running_node, stopping
+from tests.support.stack import Stack, start_stack
 from tests.support.throttle_proxy import ThrottleProxy
 from tests.support.webpush import AppServer, Subscription
 
 AUTH_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB="
-FCM_APP, APNS_CHANNEL = "fennec-app", "firefox"
 GRACE = 2.0  # AUTOPUSH_BODY_GRACE of the node under test
 MIN_RATE = 500  # AUTOPUSH_BODY_MIN_RATE (its default)
 MAX_DATA = 4096
@@ -54,33 +54,16 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def fakes(tmp_path_factory) -> Iterator[tuple[FakeFcm, FakeApns]]:
-    fcm, apns = FakeFcm(), FakeApns(TestPki(tmp_path_factory.mktemp("pki")))
-    yield fcm, apns
-    fcm.stop()
-    apns.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory, fakes) -> Iterator[Stack]:
-    fcm, apns = fakes
-    p8 = tmp_path_factory.mktemp("p8") / "AuthKey.p8"
-    p8.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+def stack(request: pytest.FixtureRequest, fakes: FakeBridges) -> Stack:
+    key_dir = request.getfixturevalue("tmp_path_factory").mktemp("p8")
     settings = {
         "AUTOPUSH_AUTH_KEYS": AUTH_KEY,
-        "AUTOPUSH_FCM_CREDENTIALS": json.dumps(
-            {FCM_APP: {"project_id": "fennec-project", "credential": json.dumps(fcm.service_account())}}),
-        "AUTOPUSH_FCM_BASE_URL": fcm.url,
-        "AUTOPUSH_APNS_CHANNELS": json.dumps({APNS_CHANNEL: {
-            "key": str(p8), "key_id": "KEY1234567", "team_id": "TEAM123456", "url": apns.url, "ca": apns.ca_file}}),
         "AUTOPUSH_BODY_GRACE": str(GRACE),
         "AUTOPUSH_BODY_MIN_RATE": str(MIN_RATE),
         "AUTOPUSH_MAX_DATA": str(MAX_DATA),
+        **fakes.node_settings(key_dir),
     }
-    running = Stack(dynalite.url, tmp_path_factory.mktemp("limits"), **settings).start()
-    yield running
-    running.stop()
+    return start_stack(request, "limits", **settings)
 
 
 @pytest.fixture(scope="module")
@@ -620,9 +603,8 @@ def test_health_burst_costs_a_couple_of_storage_calls_and_an_outage_still_shows(
     database.start()
     proxy = ThrottleProxy(database.port).start()  # counts every DynamoDB request
     environ = Stack(proxy.url, tmp_path).environ
-    node = GunicornNode("wsgi:endpoint_app", environ)
-    node.start(tmp_path / "endpoint.log")
-    try:
+    with stopping(database), stopping(proxy), running_node(
+            GunicornNode("wsgi:endpoint_app", environ), tmp_path / "endpoint.log") as node:
         time.sleep(TABLE_CHECK_MAX_AGE)  # any start-up check has aged out
         calls_before = proxy.requests
         with ThreadPoolExecutor(max_workers=20) as pool:
@@ -637,8 +619,4 @@ def test_health_burst_costs_a_couple_of_storage_calls_and_an_outage_still_shows(
             assert time.monotonic() - stopped < TABLE_CHECK_MAX_AGE + 10
             time.sleep(0.2)
         noticed = time.monotonic() - stopped
-    finally:
-        node.stop()
-        proxy.stop()
-        database.stop()
     print(f"200 health requests: {storage_calls} DynamoDB calls; outage shown after {noticed:.1f} s")

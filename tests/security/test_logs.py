@@ -33,19 +33,18 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
 
 from autopush_flask.config import ENDPOINT, load_settings
-from autopush_flask.crypto import CryptoKeys, make_endpoint_url
+from autopush_flask.crypto.endpoints import make_endpoint_url
+from autopush_flask.crypto.keys import CryptoKeys
 from tests.integration.test_sentry import FakeSentry
 from tests.support.processes import ROOT
 from tests.support.push_client import PushClient
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer
 
 # Control characters a log line must never carry raw (its own line break aside).
@@ -170,18 +169,10 @@ def hostile(stack: Stack, secrets: Secrets, v2_endpoint: str) -> None:
 # ---- the nodes --------------------------------------------------------------------------
 
 
-def run_stack(dynalite, directory: Path, **settings: str) -> Iterator[Stack]:
-    stack = Stack(dynalite.url, directory, **settings).start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-
-
 @pytest.fixture(scope="module")
-def info_run(dynalite, tmp_path_factory) -> Iterator[tuple[Stack, Secrets]]:
-    for stack in run_stack(dynalite, tmp_path_factory.mktemp("logs-info"), AUTOPUSH_LOG_LEVEL="info"):
-        yield stack, client_life(stack)
+def info_run(request: pytest.FixtureRequest) -> tuple[Stack, Secrets]:
+    stack = start_stack(request, "logs-info", AUTOPUSH_LOG_LEVEL="info")
+    return stack, client_life(stack)
 
 
 def log_lines(stack: Stack) -> list[str]:
@@ -233,10 +224,9 @@ def test_info_logs_hold_no_capability_and_a_keyed_uaid_hash(info_run) -> None:
 
 
 @pytest.fixture(scope="module")
-def human_run(dynalite, tmp_path_factory) -> Iterator[tuple[Stack, Secrets]]:
-    for stack in run_stack(dynalite, tmp_path_factory.mktemp("logs-human"),
-                           AUTOPUSH_LOG_LEVEL="info", AUTOPUSH_HUMAN_LOGS="true"):
-        yield stack, client_life(stack)
+def human_run(request: pytest.FixtureRequest) -> tuple[Stack, Secrets]:
+    stack = start_stack(request, "logs-human", AUTOPUSH_LOG_LEVEL="info", AUTOPUSH_HUMAN_LOGS="true")
+    return stack, client_life(stack)
 
 
 def test_human_logs_escape_control_characters(human_run) -> None:
@@ -255,9 +245,9 @@ def test_human_logs_escape_control_characters(human_run) -> None:
 
 
 @pytest.fixture(scope="module")
-def debug_run(dynalite, tmp_path_factory) -> Iterator[tuple[Stack, Secrets]]:
-    for stack in run_stack(dynalite, tmp_path_factory.mktemp("logs-debug"), AUTOPUSH_LOG_LEVEL="debug"):
-        yield stack, client_life(stack)
+def debug_run(request: pytest.FixtureRequest) -> tuple[Stack, Secrets]:
+    stack = start_stack(request, "logs-debug", AUTOPUSH_LOG_LEVEL="debug")
+    return stack, client_life(stack)
 
 
 def test_debug_logs_add_the_raw_uaid_and_nothing_else(debug_run) -> None:

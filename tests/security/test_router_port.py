@@ -24,13 +24,13 @@ import requests
 import websocket
 
 from autopush_flask.connection.app import create_connection_app
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Notification, User
 from autopush_flask.node_auth import RouterRequestKeys
 from tests.e2e.faults_support import children
 from tests.support.fake_apns import TestPki
 from tests.support.push_client import PushClient
-from tests.support.stack import Stack
+from tests.support.stack import Stack, start_stack
 from tests.support.statsd_sink import StatsdSink
 
 pytestmark = pytest.mark.timeout(120)
@@ -54,14 +54,12 @@ def statsd() -> Iterator[StatsdSink]:
 
 
 @pytest.fixture(scope="module")
-def stack(dynalite, tmp_path_factory, statsd: StatsdSink) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, statsd: StatsdSink) -> Stack:
     """One connection worker bound to 127.0.0.1 with a small concurrency cap, and an endpoint."""
-    running = Stack(
-        dynalite.url, tmp_path_factory.mktemp("router-port"), **statsd.settings(),
+    return start_stack(
+        request, "router-port", **statsd.settings(),
         AUTOPUSH_ROUTER_BIND="127.0.0.1", AUTOPUSH_ROUTER_MAX_REQUESTS=str(MAX_REQUESTS),
     )
-    yield running.start()
-    running.stop()
 
 
 def report(line: str) -> None:
@@ -198,8 +196,7 @@ def test_key_rotation_and_an_endpoint_with_an_unrelated_key(dynalite, tmp_path: 
     stack = Stack(dynalite.url, tmp_path, **statsd.settings())
     stack.connection.environ = {**stack.environ, "AUTOPUSH_CRYPTO_KEYS": f"{key_a},{key_b}"}
     stack.endpoint.environ = {**stack.environ, "AUTOPUSH_CRYPTO_KEYS": f"{key_b},{key_a}"}
-    try:
-        stack.start()
+    with stack:
         client, uaid, channel_id, endpoint = subscribe(stack)
         direct_before = statsd.count(DIRECT_STATUS, status="200")
         assert push_via(stack.endpoint_url, endpoint).status_code == 201
@@ -224,8 +221,6 @@ def test_key_rotation_and_an_endpoint_with_an_unrelated_key(dynalite, tmp_path: 
         assert later.receive()["channelID"] == channel_id  # delivered from storage on reconnect
         report("router key rotation: A,B ← B,A delivered directly (storage untouched); "
                "C,A,B → 2×401 (push, notif), 201, stored, delivered on reconnect")
-    finally:
-        stack.stop()
 
 
 # ---- 2. caps ---------------------------------------------------------------------------
@@ -315,10 +310,8 @@ def test_router_tls_delivers_directly_and_an_unverified_router_means_storage(
 ) -> None:
     pki = TestPki(tmp_path / "pki")  # a throw-away CA and a certificate for 127.0.0.1 it signed
     ca, cert, key = pki.ca_file, pki.server_cert_file, pki.server_key_file
-    stack = Stack(dynalite.url, tmp_path, connection_workers=2, **statsd.settings(),
-                  AUTOPUSH_ROUTER_SSL_KEY=str(key), AUTOPUSH_ROUTER_SSL_CERT=str(cert), AUTOPUSH_ROUTER_CA=str(ca))
-    try:
-        stack.start()
+    tls = {"AUTOPUSH_ROUTER_SSL_KEY": str(key), "AUTOPUSH_ROUTER_SSL_CERT": str(cert), "AUTOPUSH_ROUTER_CA": str(ca)}
+    with Stack(dynalite.url, tmp_path, connection_workers=2, **statsd.settings(), **tls) as stack:
         client, uaid, channel_id, endpoint = subscribe(stack)
         node_id = stack.storage.get_user(uaid).node_id
         assert node_id in {f"https://127.0.0.1:{stack.router_port + slot}" for slot in range(2)}
@@ -344,8 +337,6 @@ def test_router_tls_delivers_directly_and_an_unverified_router_means_storage(
         report("router TLS: direct delivery over https verified by AUTOPUSH_ROUTER_CA (0 stored); "
                "duplicate closed by a worker's DELETE /notif over https; "
                "endpoint without the CA → handshake refused, 201, 1 stored")
-    finally:
-        stack.stop()
 
 
 def displaced_by_the_other_worker(stack: Stack, original: PushClient, uaid: str, node_id: str) -> PushClient:

@@ -31,7 +31,7 @@ import pytest
 import requests
 import websocket
 
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from tests.support.processes import ROOT, free_port, free_port_range, stop_process
 from tests.support.push_client import PushClient
 from tests.support.stack import Stack
@@ -176,9 +176,8 @@ def tls_stack(dynalite, tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory)
     stack.endpoint.environ = {**stack.environ, "AUTOPUSH_SSL_DH_PARAM": ""}
     for node in (stack.connection, stack.endpoint):
         node.tls_ca = tls.ca
-    stack.start()
-    yield stack
-    stack.stop()
+    with stack:
+        yield stack
 
 
 def https(method: str, url: str, tls: TlsFiles, **headers: str) -> requests.Response:

@@ -9,12 +9,31 @@ import random
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_DYNAMODB = ROOT / "scripts" / "local-dynamodb"
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 QUIET_PORTS_FROM = 20_000
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+StoppableT = TypeVar("StoppableT", bound=Stoppable)
+
+
+@contextmanager
+def stopping(resource: StoppableT) -> Iterator[StoppableT]:
+    """``contextlib.closing`` for the tests' processes and fake servers, which ``stop``."""
+    try:
+        yield resource
+    finally:
+        resource.stop()
 
 
 def free_port() -> int:
@@ -166,3 +185,13 @@ class GunicornNode:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+
+@contextmanager
+def running_node(
+    node: GunicornNode, log_path: Path, wait_ports: tuple[int, ...] = ()
+) -> Iterator[GunicornNode]:
+    """Start ``node`` (waiting for ``wait_ports`` too) and stop it however the block ends."""
+    node.start(log_path, wait_ports=wait_ports)  # a node that fails to start stops itself
+    with stopping(node):
+        yield node

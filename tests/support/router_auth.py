@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import requests
 
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.node_auth import RouterRequestKeys
 
 

@@ -1,15 +1,27 @@
-"""A running service for end-to-end tests: connection node + endpoint node + dynalite."""
+"""A running service for end-to-end tests: connection node + endpoint node + their store.
+
+Two ways to run one, both stopping it however the test ends:
+
+* ``start_stack(request, name, store=..., **settings)`` in a fixture (of
+  any scope) or a test: stopped when that fixture or test is torn down.
+* ``with Stack(...) as stack:`` where the test adjusts the stack before it
+  starts (per-node environments, TLS) or must stop it at a set point.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
+from types import TracebackType
+
+import pytest
 
 from autopush_flask.config import ENDPOINT, load_settings
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Storage, create_storage
 from autopush_flask.metrics import NullMetrics
+from tests.support.postgres import store_environ
 from tests.support.processes import GunicornNode, free_port, free_port_range
 from tests.support.push_client import PushClient
 
@@ -52,6 +64,19 @@ class Stack:
         self.endpoint.start(self.log_dir / "endpoint.log")
         return self
 
+    def __enter__(self) -> Stack:
+        """``with Stack(...) as stack:`` starts it and stops it however the block ends."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # the connection node may be up while the endpoint failed to start
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
     def stop(self) -> None:
         for client in self.clients:
             client.close()
@@ -71,3 +96,24 @@ class Stack:
         client = PushClient(self.ws_url)
         self.clients.append(client)
         return client
+
+
+def start_stack(
+    request: pytest.FixtureRequest, name: str = "stack", store: str = "dynamodb",
+    connection_workers: int = 1, **settings: str,
+) -> Stack:
+    """Start a stack on the shared dynalite (or a fresh PostgreSQL schema), stopped with ``request``.
+
+    The one way fixtures and tests build a stack. Teardown is tied to the
+    caller's own ``request`` rather than to a factory fixture's: a module
+    ``stack`` parametrized over ``STORES`` is torn down before the next
+    store's starts, so no more than two gunicorn masters run at once, and
+    the stack stops before the fixtures its settings came from (fake
+    bridges, statsd sinks) go away. The finalizer is registered before
+    starting, so a half-started stack is stopped too.
+    """
+    dynalite = request.getfixturevalue("dynalite")
+    log_dir = request.getfixturevalue("tmp_path_factory").mktemp(name)
+    stack = Stack(dynalite.url, log_dir, connection_workers, **store_environ(request, store), **settings)
+    request.addfinalizer(stack.stop)
+    return stack.start()

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from autopush_flask.crypto import CryptoKeys, make_endpoint_url
+from autopush_flask.crypto.endpoints import make_endpoint_url
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.logging import (
     SEVERITY,
     Redactor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.node_auth import (
     BODY,
     BODY_HASH_HEADER,
