@@ -1,9 +1,10 @@
-"""Operations commands (SPEC §9), run as ``flask <command>`` from the repository root.
+"""Operations commands, run as ``flask <command>`` from the repository root
+(docs/operations.md#operations-tools).
 
     flask maintain-tables [--drop-older-than N] [--dry-run] [--purge-expired]
-                                                   create/migrate tables (§9.1)
-    flask generate-keys                            fresh Fernet keys (§9.2)
-    flask endpoint-diagnostic URL                  who is behind an endpoint (§9.4)
+                                                   create/migrate tables
+    flask generate-keys                            fresh Fernet keys
+    flask endpoint-diagnostic URL                  who is behind an endpoint
     flask drop-user UAID                           delete one router record
 
 ``wsgi.create_app`` hands the Flask CLI the app built by ``create_cli_app``,
@@ -30,7 +31,8 @@ import click
 from flask import Flask
 
 from autopush_flask.config import ENDPOINT, Settings, SettingsError, load_settings
-from autopush_flask.crypto import CryptoKeys, InvalidTokenError, parse_endpoint_token
+from autopush_flask.crypto.endpoints import parse_endpoint_token
+from autopush_flask.crypto.keys import CryptoKeys, InvalidTokenError
 from autopush_flask.db import MIN_MONTHS_KEPT, Storage, StorageError, StorageUnavailable, TableMissing, create_storage
 from autopush_flask.metrics import NullMetrics
 
@@ -88,7 +90,7 @@ def store_description(settings: Settings) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------
-# flask maintain-tables (SPEC §9.1)
+# flask maintain-tables (docs/operations.md#operations-tools)
 
 
 @click.command("maintain-tables", short_help="Create or migrate the store's tables; one line each.")
@@ -122,7 +124,7 @@ def maintain_tables(drop_older_than: int | None, dry_run: bool, purge_expired: b
 
 
 # --------------------------------------------------------------------------
-# flask generate-keys (SPEC §9.2)
+# flask generate-keys (docs/operations.md#operations-tools)
 
 
 @click.command("generate-keys", short_help="Print new crypto and auth keys.")
@@ -133,7 +135,7 @@ def generate_keys() -> None:
 
 
 # --------------------------------------------------------------------------
-# flask endpoint-diagnostic (SPEC §9.4)
+# flask endpoint-diagnostic (docs/operations.md#operations-tools)
 
 
 def crypto_keys(settings: Settings) -> CryptoKeys:

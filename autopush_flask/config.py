@@ -1,6 +1,6 @@
 """Settings for both node types.
 
-Every setting is an ``AUTOPUSH_*`` environment variable (SPEC §8), optionally
+Every setting is an ``AUTOPUSH_*`` environment variable (docs/operations.md#settings), optionally
 mirrored in an ini file named by ``AUTOPUSH_CONFIG_FILE`` (the environment
 wins). One marshmallow schema, generated from the ``Settings`` dataclass,
 validates them, so the names, defaults, validation and the README reference
@@ -43,7 +43,7 @@ CONNECTION = "connection"
 ENDPOINT = "endpoint"
 NODE_TYPES = (CONNECTION, ENDPOINT)
 
-# Defaults that differ by node type (SPEC §8.1, §8.2, §8.3).
+# Defaults that differ by node type (docs/operations.md#settings).
 NODE_DEFAULTS: dict[str, dict[str, str]] = {
     CONNECTION: {"AUTOPUSH_PORT": "8080", "AUTOPUSH_STATSD_PREFIX": "autoconnect"},
     ENDPOINT: {"AUTOPUSH_PORT": "8082", "AUTOPUSH_STATSD_PREFIX": "autoendpoint"},
@@ -64,7 +64,7 @@ class SettingsError(Exception):
 
 
 class CommaList(fields.Field):
-    """A list given as ``k1,k2``, ``[k1,k2]`` or ``"k1","k2"`` (SPEC §8)."""
+    """A list given as ``k1,k2``, ``[k1,k2]`` or ``"k1","k2"`` (docs/operations.md#settings)."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> tuple[str, ...]:
         if isinstance(value, (list, tuple)):
@@ -181,7 +181,7 @@ class Settings:
     """Validated settings; attribute names are the variables without ``AUTOPUSH_``."""
 
     node_type: str
-    # ---- shared (SPEC §8.1)
+    # ---- shared (docs/operations.md#settings)
     crypto_keys: tuple[str, ...] = setting(
         CommaList(load_default=(), validate=_validate_fernet_keys),
         "Fernet keys, newest first. The first encrypts; all decrypt. Must be identical on all nodes.",
@@ -224,7 +224,7 @@ class Settings:
     )
     create_tables: bool = setting(Flag(load_default=True), "Create missing tables at start-up.")
     table_rotation: bool = setting(
-        Flag(load_default=False), "Monthly message-table rotation (legacy layout, SPEC §7.7)."
+        Flag(load_default=False), "Monthly message-table rotation (legacy layout, docs/architecture.md#monthly-rotation)."
     )
     ddb_endpoint: str | None = setting(
         _text(), "DynamoDB endpoint override (local DynamoDB).", default_doc="AWS"
@@ -295,7 +295,7 @@ class Settings:
         fields.Float(load_default=1.0, validate=NON_NEGATIVE),
         "Seconds to connect to another node's router port.",
     )
-    # ---- connection node (SPEC §8.2)
+    # ---- connection node (docs/operations.md#settings)
     router_hostname: str = setting(
         _text(),
         "Host used in `node_id`; must be reachable by every node.",
@@ -425,7 +425,7 @@ class Settings:
         "Seconds between Megaphone polls; must be > 0.",
         CONNECTION,
     )
-    # ---- endpoint node (SPEC §8.3)
+    # ---- endpoint node (docs/operations.md#settings)
     auth_keys: tuple[str, ...] = setting(
         CommaList(load_default=(), validate=_validate_auth_keys),
         "HMAC keys for bridge secrets (32 bytes or more each), newest first; required with a bridge.",

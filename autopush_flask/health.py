@@ -1,4 +1,4 @@
-"""Health and version routes served by both node types (SPEC §4.13).
+"""Health and version routes served by both node types (docs/protocol.md#health).
 
 Load balancers poll ``/__lbheartbeat__`` (no dependencies); ``/health`` and
 ``/__heartbeat__`` check the tables so an operator sees a broken database.

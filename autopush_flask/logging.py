@@ -1,4 +1,4 @@
-"""Log output in the mozlog JSON shape or as human-readable lines (§10.2).
+"""Log output in the mozlog JSON shape or as human-readable lines (docs/operations.md#logs).
 
 This module shadows the stdlib name only as ``autopush_flask.logging``;
 absolute imports mean ``import logging`` below is the standard library.
@@ -38,7 +38,7 @@ from typing import Any, Protocol, TextIO
 ROOT_LOGGER = "autopush"
 
 # (minimum stdlib level, syslog severity), highest first. The original
-# emitted only 3 and 5; §10.2 asks for real syslog numbers.
+# emitted only 3 and 5; docs/operations.md#logs asks for real syslog numbers.
 SEVERITY: tuple[tuple[int, int], ...] = (
     (logging.CRITICAL, 2),
     (logging.ERROR, 3),
@@ -212,7 +212,7 @@ class Redactor:
 
 
 def redact_authorization(value: str) -> str:
-    """Authorization headers must not be logged in full (§10.2); the scheme
+    """Authorization headers must not be logged in full (docs/operations.md#logs); the scheme
     and a short prefix are still enough to correlate a client's requests."""
     parts = value.strip().split(None, 1)
     if not parts:
@@ -356,7 +356,7 @@ class HumanFormatter(logging.Formatter):
 
 
 def _level_number(level: str) -> int:
-    """Reject typos loudly; §8 says invalid values abort startup."""
+    """Reject typos loudly; docs/operations.md#settings says invalid values abort startup."""
     try:
         return _LEVELS[level.strip().lower()]
     except KeyError:

@@ -1,4 +1,4 @@
-"""Statsd metrics (SPEC §10.1) with optional DogStatsD tags.
+"""Statsd metrics (docs/operations.md#metrics) with optional DogStatsD tags.
 
 Three interchangeable sinks share one interface so callers never branch on
 whether metrics are configured:
@@ -77,7 +77,7 @@ class Metrics(_TimerMixin):
         self._tags_enabled = tags_enabled
 
     def increment(self, name: str, value: int = 1, tags: Tags | None = None) -> None:
-        """Counters; value > 1 is used for byte and message counts (§10.1)."""
+        """Counters; value > 1 is used for byte and message counts (docs/operations.md#metrics)."""
         self._send(name, _format_number(value), "c", tags)
 
     def timing(
@@ -205,7 +205,7 @@ class RecordingMetrics(_TimerMixin):
 def create_metrics(
     host: str | None, port: int, prefix: str, tags_enabled: bool
 ) -> Metrics | NullMetrics:
-    """Build the configured sink (§8.1: an empty host disables metrics).
+    """Build the configured sink (docs/operations.md#settings: an empty host disables metrics).
 
     The host is resolved once, here. If that fails the node still starts,
     without metrics, because losing metrics is better than refusing pushes.

@@ -37,7 +37,7 @@ import string
 import time
 from collections.abc import Mapping, Sequence
 
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 
 KEY_LABEL = b"autopush-flask router request v1"
 MAX_SKEW_SECONDS = 60

@@ -18,7 +18,7 @@ from flask import Flask, current_app
 
 from autopush_flask import __version__
 from autopush_flask.config import CONNECTION, Settings
-from autopush_flask.crypto import CryptoKeys
+from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Storage, StorageError, create_storage
 from autopush_flask.logging import log_fields, setup_logging
 from autopush_flask.metrics import create_metrics

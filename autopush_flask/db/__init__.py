@@ -25,7 +25,7 @@ from autopush_flask.db.models import Notification, User
 
 # Monthly tables more than this many months old may be dropped by
 # ``flask maintain-tables --drop-older-than``: nodes know only last month's
-# and this month's tables (SPEC §7.7).
+# and this month's tables (docs/architecture.md#monthly-rotation).
 MIN_MONTHS_KEPT = 2
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Typed storage errors, mapped from boto3/botocore in exactly one place.
 
-Callers decide on the SPEC's status codes (503 errno 201 vs 202, a delayed
+Callers decide on the protocol's status codes (503 errno 201 vs 202, a delayed
 hello reply, a rescheduled drain) from these types alone, never from boto3
 error codes.
 """
@@ -35,13 +35,13 @@ class StorageError(Exception):
 
 
 class StorageThrottled(StorageError):
-    """DynamoDB refused the call for lack of throughput (SPEC §7.8: errno 201)."""
+    """DynamoDB refused the call for lack of throughput (docs/architecture.md#storage-errors: errno 201)."""
 
     retryable = True
 
 
 class StorageUnavailable(StorageError):
-    """DynamoDB could not be reached or failed internally (SPEC §7.8: errno 202)."""
+    """DynamoDB could not be reached or failed internally (docs/architecture.md#storage-errors: errno 202)."""
 
     retryable = True
 

@@ -1,4 +1,4 @@
-"""Router records and stored notifications as plain Python values (SPEC §7.2–§7.4)."""
+"""Router records and stored notifications as plain Python values (docs/architecture.md#records-and-messages)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def timestamp_sort_key(sortkey_timestamp: int, channel_id: str) -> str:
 
 
 def after_bookmark_key(bookmark: int | None) -> str:
-    """The exclusive lower bound of a timestamp query (SPEC §2.15 step 3)."""
+    """The exclusive lower bound of a timestamp query (docs/protocol.md#stored-messages step 3)."""
     return AFTER_TOPICS if bookmark is None else f"{TIMESTAMP_PREFIX}:{bookmark}:z"
 
 
@@ -180,7 +180,7 @@ class SortKeyClock:
     """Microsecond sort-key timestamps, strictly increasing within a process.
 
     Two messages for one channel in the same microsecond would share a key
-    and the second would silently replace the first (SPEC A.8, §7.4).
+    and the second would silently replace the first (docs/architecture.md#records-and-messages).
     """
 
     __slots__ = ("_clock", "_last")

@@ -1,4 +1,4 @@
-"""A check that a store takes every kind of write a node makes (SPEC §7.9).
+"""A check that a store takes every kind of write a node makes (docs/architecture.md#start-up).
 
 It goes through the ``Storage`` interface alone, so one check serves every
 backend, and a backend that mishandles a conditional write fails it the

@@ -1,7 +1,7 @@
-"""The one DynamoDB client of a process, with the SPEC §7.8 retry policy.
+"""The one DynamoDB client of a process, with the docs/architecture.md#storage-errors retry policy.
 
 One client per worker process, created after fork and shared by all
-greenlets (DESIGN §2): item operations go through the lean signed client of
+greenlets (docs/architecture.md#storage): item operations go through the lean signed client of
 ``db/dynamodb/wire.py``, table administration through a boto3 low-level client built
 from the same session. botocore's own retries are switched off so that
 retries, their back-off and the ``database.retry`` metric live here, next to

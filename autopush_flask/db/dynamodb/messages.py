@@ -1,4 +1,4 @@
-"""Message-table operations (SPEC §7.5): channel lists and stored notifications."""
+"""Message-table operations (docs/architecture.md#storage-interface): channel lists and stored notifications."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class MessageStore:
         self._db.call("put_item", TableName=self.table, Item=to_item(item))
 
     def touch_channels(self, uaid: str) -> None:
-        """Keep a connected user's subscriptions from expiring (SPEC §7.6)."""
+        """Keep a connected user's subscriptions from expiring (docs/architecture.md#dynamodb)."""
         try:
             self._db.call(
                 "update_item",

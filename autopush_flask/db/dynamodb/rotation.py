@@ -1,4 +1,4 @@
-"""Which message tables exist: one fixed table, or one per month (SPEC §7.6–§7.7).
+"""Which message tables exist: one fixed table, or one per month (docs/architecture.md#dynamodb, docs/architecture.md#monthly-rotation).
 
 In rotation mode every node keeps a list of known monthly tables and a
 "current" table, refreshed every 60 seconds; a router record's
@@ -40,7 +40,7 @@ def table_month(prefix: str, name: str) -> tuple[int, int] | None:
 
 
 def last_connect_value(now: dt.datetime, draw: Callable[[int, int], int] = random.randint) -> int:
-    """``YYYYMMHHRRRR``: month, local hour and a random 0–10 (SPEC §7.2)."""
+    """``YYYYMMHHRRRR``: month, local hour and a random 0–10 (docs/architecture.md#records-and-messages)."""
     return int(f"{now.year:04d}{now.month:02d}{now.hour:02d}{draw(0, LAST_CONNECT_RANDOM_MAX):04d}")
 
 

@@ -1,4 +1,4 @@
-"""Router-table operations (SPEC §7.5): one item per UAID."""
+"""Router-table operations (docs/architecture.md#storage-interface): one item per UAID."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ class RouterStore:
         return True
 
     def update_user(self, user: User) -> tuple[bool, dict]:
-        """The hello update (SPEC §2.4.2 step 4.2).
+        """The hello update (docs/protocol.md#hello step 4.2).
 
         Succeeds only when the record exists, has the same (or no) router
         type, and shows no connection at least as new as this one. Returns
@@ -115,7 +115,7 @@ class RouterStore:
     def update_router_data(
         self, uaid: str, router_type: str, router_data: dict, connected_at: int
     ) -> bool:
-        """Bridge token update; the router type may change (SPEC A.38)."""
+        """Bridge token update; the router type may change (docs/architecture.md#records-and-messages)."""
         expression, names, values = _set_expression(
             {"router_type": router_type, "router_data": router_data, "connected_at": connected_at,
              "expiry": self.expiry()}
@@ -128,7 +128,7 @@ class RouterStore:
         return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
 
     def remove_node_id(self, uaid: str, node_id: str, connected_at: int) -> bool:
-        """Forget ``node_id`` only if it still names the connection we saw (SPEC §1.4)."""
+        """Forget ``node_id`` only if it still names the connection we saw (docs/architecture.md#stored-delivery)."""
         return self._conditional_update(
             uaid,
             "REMOVE node_id",

@@ -124,7 +124,7 @@ class DynamoStorage:
         """Nothing to release: idle keep-alive connections close with the process."""
 
     def check_health(self) -> dict[str, dict[str, str]]:
-        """The per-table entries of ``/health`` (SPEC §4.13)."""
+        """The per-table entries of ``/health`` (docs/protocol.md#health)."""
         return {
             "router_table": self._table_health(self.router.table),
             "message_table": self._table_health(self.tables.current),
@@ -185,7 +185,7 @@ class DynamoStorage:
         return self.router.add_user(user)
 
     def claim_user(self, user: User, node_id: str, connected_at: int) -> tuple[bool, User | None]:
-        """Rotation mode refreshes ``last_connect`` only once a month (SPEC §2.4.2)."""
+        """Rotation mode refreshes ``last_connect`` only once a month (docs/protocol.md#hello)."""
         update = User(uaid=user.uaid, node_id=node_id, connected_at=connected_at)
         if self.rotation and not connected_this_month(user.last_connect, self._now()):
             update.last_connect = last_connect_value(self._now())
@@ -217,7 +217,7 @@ class DynamoStorage:
         return self.rotation and self._table_of(user) != self.tables.current
 
     def migrate_user(self, user: User, bookmark: int | None) -> tuple[User, bool]:
-        """Move a returning user of an older month into the current table (SPEC §7.7 rule 4).
+        """Move a returning user of an older month into the current table (docs/architecture.md#monthly-rotation rule 4).
 
         Channels first, then the record, so an endpoint that reads the new
         month finds the channels there. What an endpoint stored in the old

@@ -1,4 +1,4 @@
-"""Table management: creation, TTL, capacity and listing (SPEC §7.1, §7.9, §9.1)."""
+"""Table management: creation, TTL, capacity and listing (docs/architecture.md#dynamodb, docs/architecture.md#start-up, docs/operations.md#operations-tools)."""
 
 from __future__ import annotations
 
