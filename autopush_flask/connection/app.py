@@ -32,11 +32,6 @@ class ConnectionApp:
         self.node = node
 
     @property
-    def router_app(self) -> Flask:
-        """``node_api_app`` under its former name, which tests outside the connection package still use."""
-        return self.node_api_app
-
-    @property
     def current_app(self) -> ConnectionApp:
         """gevent-websocket reports socket closes here; without it, it builds a
         throw-away class on every close."""

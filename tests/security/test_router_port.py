@@ -389,7 +389,7 @@ def test_router_auth_false_lets_tools_call_the_router_unsigned(make_settings, ro
                                                                unsigned_status: int) -> None:
     """``AUTOPUSH_ROUTER_AUTH=false`` skips verification (404: that UAID is not connected here)."""
     settings = make_settings("connection", AUTOPUSH_ROUTER_AUTH=router_auth)
-    router = create_connection_app(settings).router_app.test_client()
+    router = create_connection_app(settings).node_api_app.test_client()
     path = f"/notif/{uuid.uuid4().hex}"
     assert router.put(path).status_code == unsigned_status
     signed = dict(router_keys(",".join(settings.crypto_keys)).sign("PUT", path))

@@ -1,4 +1,4 @@
-"""Health and version routes (SPEC §4.13; checklist 124–126) on a real dynalite."""
+"""Health and version routes (docs/protocol.md#health; checklist 124–126) on a real dynalite."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_126_health_not_ok_without_message_table(make_settings, table_prefix: st
 
 def test_connection_app_serves_health_too(make_settings) -> None:
     app = create_connection_app(make_settings("connection"))
-    for flask_app in (app.public_app, app.router_app):
+    for flask_app in (app.public_app, app.node_api_app):
         client = flask_app.test_client()
         assert client.get("/status").status_code == 200
         assert client.get("/health").get_json()["clients"] == 0
