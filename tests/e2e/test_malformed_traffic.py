@@ -5,8 +5,8 @@
    with wrong types, random messageTypes, pings, mutated and fragmented
    messages, framing errors and client closes to the single connection worker,
    over several parallel connections that reconnect whenever the server hangs
-   up. Every unit must get what SPEC §2.2–§2.13 says (close code, or staying
-   open, and its one reply), all close codes are the SPEC's (1000, 1003, 1007,
+   up. Every unit must get what docs/protocol.md#session-states, docs/protocol.md#close-codes says (close code, or staying
+   open, and its one reply), all close codes are the protocol's (1000, 1003, 1007,
    1009, 1011, 4774, gevent-websocket's 1002, or the echo of a client close),
    and meanwhile a bystander client on the same worker receives every push
    answered 201, in order, acking each; the worker's pid never changes and its
@@ -14,7 +14,7 @@
 2. schemathesis generates requests for every operation of the endpoint node's
    live ``/openapi.json`` (examples, coverage and fuzzing phases, positive and
    negative data): no 5xx from the app (no storage outage is injected, so not
-   even the SPEC's 503s are legitimate), every app error body is SPEC §4.11's
+   even the protocol's 503s are legitimate), every app error body is docs/protocol.md#error-responses's
    JSON, and the endpoint worker's pid never changes. Some generated requests
    never reach the app: gunicorn's parser refuses them with its own HTML page
    and the status HTTP prescribes (400, 414, 431, or 501 for a transfer coding
@@ -68,7 +68,7 @@ from tests.e2e.fuzz_support import (
     run_fuzzers,
 )
 from tests.support.fuzzing import SEED, Answer, judge
-from tests.support.fuzzing import fuzz_seed, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
+from tests.support.fuzzing import api_schema, fuzz_seed, http, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
 from tests.support.push_client import PushClient
 from tests.support.stack import Stack, start_stack
 
@@ -152,7 +152,7 @@ def test_malformed_frames_leave_the_worker_and_its_clients_alone(stack: Stack, c
         f" (+{stats.hellos} set-up hellos) over {stats.connections} connections, {SCALE.threads} at a time,"
         f" to 1 connection worker in {fuzz_seconds:.1f} s | server closes {codes};"
         f" client closes echoed {sum(stats.echoes.values())}; left open {stats.outcomes[OPEN]};"
-        f" client hang-ups {stats.outcomes['client-abort']}; TCP drops 0; outcomes off-SPEC 0;"
+        f" client hang-ups {stats.outcomes['client-abort']}; TCP drops 0; outcomes off-protocol 0;"
         f" replies {sum(stats.replies.values())} (status 200/400/401 only)"
         f" | worker pid {min(workers)} unchanged, no Traceback, router /health 200"
         f" | bystander got {len(bystander.received)}/{len(accepted)} pushes (all 201) in order,"
@@ -183,20 +183,6 @@ ENDPOINT_FUZZ = settings(
     max_examples=SCALE.max_examples, derandomize=True, database=None, deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-
-
-@pytest.fixture(scope="module")
-def http(stack: Stack) -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-def api_schema(stack: Stack):
-    """Generation seeded from ``FUZZ_SEED`` (an explicit seed wins over ``derandomize``)."""
-    loaded = schemathesis.openapi.from_url(f"{stack.endpoint_url}/openapi.json", timeout=10)
-    loaded.config.seed = SEED
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +221,7 @@ def test_generated_requests_summary(stack: Stack, endpoint_baseline: dict, capsy
     operations = sorted(key[3:] for key in ENDPOINT_TALLY if key.startswith("op:"))
     assert ENDPOINT_TALLY["requests"] >= SCALE.requests, ENDPOINT_TALLY
     assert ENDPOINT_TALLY["5xx"] == 0, ENDPOINT_TALLY
-    assert ENDPOINT_TALLY["checked"] == ENDPOINT_TALLY["requests"], "some responses broke SPEC §4.11"
+    assert ENDPOINT_TALLY["checked"] == ENDPOINT_TALLY["requests"], "some responses broke docs/protocol.md#error-responses"
     assert ENDPOINT_TALLY["mode:negative"] > 0 and ENDPOINT_TALLY["mode:positive"] > 0, ENDPOINT_TALLY
     assert workers == endpoint_baseline["workers"], (
         f"endpoint worker changed: {endpoint_baseline['workers']} -> {workers}")
@@ -246,7 +232,7 @@ def test_generated_requests_summary(stack: Stack, endpoint_baseline: dict, capsy
         f"schemathesis endpoint ({SCALE.name}, seed {SEED}): {ENDPOINT_TALLY['requests']} generated requests over"
         f" {len(operations)} operations ({min(per_op)}–{max(per_op)} each;"
         f" positive {ENDPOINT_TALLY['mode:positive']}, negative {ENDPOINT_TALLY['mode:negative']}) in {seconds:.1f} s"
-        f" | app: 2xx {ENDPOINT_TALLY['2xx']}, 4xx {ENDPOINT_TALLY['4xx']}, 5xx 0; every error body SPEC §4.11 JSON"
+        f" | app: 2xx {ENDPOINT_TALLY['2xx']}, 4xx {ENDPOINT_TALLY['4xx']}, 5xx 0; every error body docs/protocol.md#error-responses JSON"
         f" | refused by gunicorn before the app: {front or 'none'}"
         f" | endpoint worker pid {min(workers)} unchanged, no Traceback"
     )

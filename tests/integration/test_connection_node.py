@@ -1,11 +1,10 @@
 """The connection node under a real gunicorn with two workers and real dynalite.
 
-Checklist 56, 61–65, 158 and the bad-input rules of §2.13 over real sockets.
+Checklist 56, 61–65, 158 and the bad-input rules of docs/protocol.md#close-codes over real sockets.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
@@ -17,28 +16,13 @@ import requests
 import websocket
 
 from autopush_flask.config import CONNECTION, load_settings
-from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Notification, User, create_storage
 from autopush_flask.metrics import NullMetrics
+from tests.support.connection_nodes import node_environ, router
 from tests.support.processes import GunicornNode, free_port_range
 from tests.support.push_client import PushClient
-from tests.support.router_auth import signed_session
 
 WORKERS = 2
-CRYPTO_KEY = CryptoKeys.generate_key()
-router = signed_session(CRYPTO_KEY)  # requests to the router port, signed as an endpoint node signs
-
-
-def node_environ(store_variables: dict[str, str], router_port: int, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        **store_variables,
-        "AUTOPUSH_CRYPTO_KEYS": CRYPTO_KEY,
-        "AUTOPUSH_ROUTER_HOSTNAME": "127.0.0.1",
-        "AUTOPUSH_ROUTER_PORT": str(router_port),
-        "AUTOPUSH_STATSD_HOST": "",
-        **extra,
-    }
 
 
 class Cluster:

@@ -1,9 +1,9 @@
 """Fuzzing the endpoint node over real sockets: schemathesis and hypothesis.
 
 Two passes against one real gunicorn endpoint node (plus connection node and
-dynalite), both checking the same property (SPEC §4.1, §4.11):
+dynalite), both checking the same property (docs/protocol.md#endpoint-routes, docs/protocol.md#error-responses):
 
-* no response is a 5xx (the SPEC's 503s are storage outages, which do not
+* no response is a 5xx (the protocol's 503s are storage outages, which do not
   happen here, so any 5xx is a bug);
 * every error response is ``application/json`` with exactly ``code``,
   ``errno``, ``error``, ``message``, ``more_info`` and ``code`` == status.
@@ -16,7 +16,7 @@ dynalite), both checking the same property (SPEC §4.1, §4.11):
    registered channels (v1, unversioned and VAPID-bound v2), so TTL, Topic,
    Content-Encoding, Encryption, Crypto-Key and Authorization validation is
    really reached; there the status must also be one a live subscription can
-   get (201, 400, 401, 413) with the SPEC's errno.
+   get (201, 400, 401, 413) with the protocol's errno.
 
 Answers that gunicorn (or nginx) gives before the app — 400, 414, 431, 501 with
 the front's own HTML page — are what HTTP prescribes and pass; see
@@ -47,12 +47,12 @@ from hypothesis import strategies as st
 
 from autopush_flask.endpoint.schemas import BASE64URL_VALUE, SIGNED_INTEGER
 from tests.support.fuzzing import SEED, Answer, Verdict, judge
-from tests.support.fuzzing import fuzz_seed, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
+from tests.support.fuzzing import api_schema, fuzz_seed, http, schemathesis_nodeid_shim  # noqa: F401 - fixtures, used by name
 from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer, b64url, raw_public_key
 
-MAX_TTL = 2_592_000  # default max_notification_ttl (SPEC §4.4.1)
-MAX_DATA = 4096  # default max_data (SPEC §4.5)
+MAX_TTL = 2_592_000  # default max_notification_ttl (docs/protocol.md#push-headers)
+MAX_DATA = 4096  # default max_data (docs/protocol.md#push)
 # What a live, registered subscription can be answered (no storage outage here).
 LIVE_ERRNOS = {400: {110, 111, 112, 113, 114}, 401: {109}, 413: {104}}
 
@@ -69,20 +69,6 @@ TALLY: Counter[str] = Counter()
 @pytest.fixture(scope="module")
 def stack(request: pytest.FixtureRequest) -> Stack:
     return start_stack(request, "fuzz-stack")
-
-
-@pytest.fixture(scope="module")
-def http(stack: Stack) -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        yield session
-
-
-@pytest.fixture(scope="module")
-def api_schema(stack: Stack):
-    """The schema exactly as the running node serves it, generating from ``FUZZ_SEED``."""
-    loaded = schemathesis.openapi.from_url(f"{stack.endpoint_url}/openapi.json", timeout=10)
-    loaded.config.seed = SEED
-    return loaded
 
 
 # ---- the property ----------------------------------------------------------------
@@ -251,7 +237,7 @@ def push_requests(draw: st.DrawFn, needs_vapid: bool, valid_authorization: str) 
         choose("Content-Encoding", st.just(encoding), INVALID_ENCODING, bad_odds=6)
         choose("Encryption", good_encryption, bad_encryption, bad_odds=6)
         choose("Crypto-Key", good_crypto_key, bad_crypto_key, bad_odds=6)
-    else:  # ignored without a body (SPEC §4.4.4), whatever they hold
+    else:  # ignored without a body (docs/protocol.md#push-headers), whatever they hold
         headers["Content-Encoding"] = draw(st.one_of(st.none(), st.just(encoding), INVALID_ENCODING))
         headers["Encryption"] = draw(st.one_of(good_encryption, bad_encryption))
         headers["Crypto-Key"] = draw(st.one_of(good_crypto_key, bad_crypto_key))

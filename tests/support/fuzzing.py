@@ -15,7 +15,7 @@ parser, or nginx in a deployment. Those answer before any app code runs, with
 their own HTML page, and HTTP prescribes their status: 400 for a malformed
 request, 414 for a request line over the limit, 431 for header fields over
 the limit, 501 for a transfer coding the server does not implement (RFC 9112
-§6.1). Only those four, and only with the front's own page, pass; any other
+docs/protocol.md#bridges). Only those four, and only with the front's own page, pass; any other
 5xx, or one of those statuses with the app's JSON body, is judged by the
 app's rules and fails.
 """
@@ -27,11 +27,12 @@ import os
 import random
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
 
 SEED_VARIABLE = "FUZZ_SEED"
 DEFAULT_SEED = 4774
@@ -172,3 +173,24 @@ def schemathesis_nodeid_shim(request: pytest.FixtureRequest) -> None:
     node id is lost (subtests are still labelled with the operation)."""
     if not hasattr(request.node, "_nodeid"):
         request.node._nodeid = request.node.nodeid
+
+
+# ---- fixtures the fuzzing modules share (imported there by name; each module has its own ``stack``)
+
+
+@pytest.fixture(scope="module")
+def http(stack: Any) -> Iterator[requests.Session]:
+    """One keep-alive session for a module's requests to its stack."""
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def api_schema(stack: Any) -> Any:
+    """The schema exactly as the running endpoint serves it, generating from ``FUZZ_SEED``
+    (an explicit seed wins over ``derandomize``)."""
+    import schemathesis
+
+    loaded = schemathesis.openapi.from_url(f"{stack.endpoint_url}/openapi.json", timeout=10)
+    loaded.config.seed = SEED
+    return loaded
