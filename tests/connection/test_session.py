@@ -795,7 +795,7 @@ def test_23_ping_timeout_closes_1011(node: Node) -> None:
 
 
 def test_153_message_stored_in_the_old_table_during_migration_is_carried_over(rotation, keys) -> None:
-    """SPEC §7.7 edge case: an endpoint still writes to the old month while the node switches."""
+    """docs/architecture.md#monthly-rotation edge case: an endpoint still writes to the old month while the node switches."""
 
     storage, prefix = rotation
     old_table, new_table = f"{prefix}_2026_02", f"{prefix}_2026_03"

@@ -7,10 +7,10 @@ random messageTypes, protocol pings, mutated valid messages, fragmented
 messages, framing errors, WebSocket pings/pongs, client close frames and
 hang-ups in the middle of a frame.
 
-Every unit carries what the SPEC (§2.2–§2.13) says must happen to it in the
+Every unit carries what the protocol (docs/protocol.md#session-states–docs/protocol.md#close-codes) says must happen to it in the
 connection's current state: the close codes it may get (or that the
 connection stays open), and the one reply it gets, if any. Mutated and
-unmasked units can do anything the SPEC allows, so for them only the general
+unmasked units can do anything the protocol allows, so for them only the general
 rules are checked (allowed close code, replies are JSON objects, no 5xx status).
 
 ``FuzzWorker`` sends units over raw sockets (``RawWebSocket``: own handshake
@@ -234,19 +234,19 @@ class RawWebSocket:
             pass
 
 
-# ---- what the SPEC says must happen --------------------------------------------------------
+# ---- what the protocol says must happen --------------------------------------------------------
 
 OPEN = "open"  # the connection survives the unit (its sync pong came back)
 DROP = "drop"  # TCP ended without a close frame
 TIMEOUT = "timeout"  # no answer at all: always a failure
-# Close codes the server itself may choose (SPEC §2.13 and, for framing errors,
+# Close codes the server itself may choose (docs/protocol.md#close-codes and, for framing errors,
 # gevent-websocket's 1002). 1012 (restart) cannot happen: no worker stops here.
 SERVER_CLOSE_CODES = frozenset({1000, 1002, 1003, 1007, 1009, 1011, 4774})
 ANY_OUTCOME = frozenset({OPEN, *SERVER_CLOSE_CODES})
 # Reply statuses a healthy node gives (no storage outage is injected: 500/503 are bugs).
 HEALTHY_STATUSES = frozenset({200, 400, 401})
-PING_WINDOW = 45.0  # SPEC §2.10
-MAX_MESSAGE = 64 * 1024  # README / SPEC §2.13 (1009)
+PING_WINDOW = 45.0  # docs/protocol.md#ping
+MAX_MESSAGE = 64 * 1024  # README / docs/protocol.md#close-codes (1009)
 # json.loads gives up past ~930 levels of nesting (the node then closes 1011, covered by
 # test_deeply_nested_json_closes_1011); the fuzzer's valid messages stay well below that.
 MAX_NESTING = 200
@@ -284,7 +284,7 @@ def signature(text: str) -> str:
 
 
 def _base64_key_valid(value: Any) -> bool | None:
-    """SPEC §2.5 ``key``: ``None`` = treated as absent; else whether it decodes to bytes."""
+    """docs/protocol.md#register ``key``: ``None`` = treated as absent; else whether it decodes to bytes."""
     if value is None or value == "":
         return None
     if not isinstance(value, str):
@@ -307,7 +307,7 @@ def _uuid(value: Any) -> uuid.UUID | None:
 
 
 def predict(text: str, state: ConnState) -> tuple[frozenset, str | None, bool, bool]:
-    """(outcomes, reply, identifies, pings) for one text message, from SPEC §2.2–§2.13."""
+    """(outcomes, reply, identifies, pings) for one text message, from docs/protocol.md#session-states, docs/protocol.md#close-codes."""
     close = frozenset
     try:
         message = json.loads(text)
@@ -369,7 +369,7 @@ BROKEN_JSON = (
 NON_OBJECTS = (
     "[]", "[1]", '"str"', "5", "null", "true", "1.5", "NaN", "-Infinity", '[{"messageType":"hello"}]', "[{}]",
 )
-# Valid per SPEC §2.10: any JSON object with no keys is a ping.
+# Valid per docs/protocol.md#ping: any JSON object with no keys is a ping.
 PING_TEXTS = ("{}", "{ }", " {}", "{}\n", "\t{\r\n}\t")
 VALID_CLOSE_CODES = (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011)
 INVALID_CLOSE_CODES = (0, 1, 999, 1004, 1005, 1006, 1015, 1100, 2000, 2999)
@@ -595,7 +595,7 @@ class FrameFuzzer:
         return Unit(f"framing:{label}", wire, frozenset({1002}), frames=2 if variant == 3 else 1)
 
     def client_close(self, state: ConnState) -> Unit:
-        """SPEC §2.13: a client-initiated close is echoed (RFC 6455 §5.5.1)."""
+        """docs/protocol.md#close-codes: a client-initiated close is echoed (RFC 6455 docs/protocol.md#bridge-registration)."""
         rng = self.rng
         variant = rng.randrange(6)
         if variant == 0:
@@ -663,7 +663,7 @@ class FrameFuzzer:
         return self._text_unit("hello", _dumps(message), state)
 
     def unmasked(self, state: ConnState) -> Unit:
-        """RFC 6455 says servers close on unmasked frames; the SPEC is silent: anything allowed."""
+        """RFC 6455 says servers close on unmasked frames; the protocol is silent: anything allowed."""
         text = _dumps(self.valid_message(state)).encode()
         return Unit("unmasked", frame(OP_TEXT, text, mask=False), ANY_OUTCOME, loose=True)
 

@@ -1,4 +1,4 @@
-"""The APNs bridge against a fake Apple over real HTTP/2 and TLS (146, SPEC §5.3, §6.3).
+"""The APNs bridge against a fake Apple over real HTTP/2 and TLS (146, docs/protocol.md#bridge-registration, docs/protocol.md#bridges).
 
 Real dynalite holds the router records; the fake APNs server (its own CA,
 ALPN h2 only) records what arrived and answers what each test scripts.
@@ -168,7 +168,7 @@ def test_146_payload_has_default_aps_chid_and_ver(router, storage, metrics, fake
         "chid": message.channel_id, "body": "SGVsbG8gd29ybGQ", "con": "aes128gcm",
         "ver": VERSION, "aps": DEFAULT_APS,
     }
-    assert str(uuid.UUID(request.body["chid"])) == request.body["chid"]  # dashed spelling (§5.5)
+    assert str(uuid.UUID(request.body["chid"])) == request.body["chid"]  # dashed spelling (docs/protocol.md#bridge-registration)
     assert [c.tags for c in metrics.find("notification.bridge.sent")] == [
         {"platform": "apns", "app_id": "firefox"}
     ]
@@ -220,7 +220,7 @@ def test_other_apns_errors_are_502_with_the_reason_as_metric(
 
 
 # --------------------------------------------------------------------------
-# Headers (SPEC §6.3)
+# Headers (docs/protocol.md#bridges)
 # --------------------------------------------------------------------------
 
 
@@ -438,7 +438,7 @@ def test_record_without_token_or_channel_is_410_106(router, storage, fake, route
 
 
 # --------------------------------------------------------------------------
-# router_data() (SPEC §5.3)
+# router_data() (docs/protocol.md#bridge-registration)
 # --------------------------------------------------------------------------
 
 

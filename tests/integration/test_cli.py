@@ -1,4 +1,4 @@
-"""The operations commands as an operator runs them (SPEC §9, checklist 155–156).
+"""The operations commands as an operator runs them (docs/operations.md#operations-tools, checklist 155–156).
 
 Every command runs as a real subprocess from the repository root: ``flask
 <command>`` found through ``wsgi.create_app`` (no FLASK_APP), and the
@@ -230,7 +230,7 @@ def test_a_bad_setting_is_one_line_and_exit_1(run: Run) -> None:
 
 
 # --------------------------------------------------------------------------
-# flask generate-keys / scripts/autokey (SPEC §9.2)
+# flask generate-keys / scripts/autokey (docs/operations.md#operations-tools)
 
 
 @pytest.mark.parametrize("command", [(FLASK, "generate-keys"), ("scripts/autokey",)])
@@ -248,7 +248,7 @@ def test_generate_keys_prints_two_fresh_fernet_keys(run: Run, command: tuple[str
 
 
 # --------------------------------------------------------------------------
-# flask endpoint-diagnostic / scripts/endpoint-diagnostic (SPEC §9.4)
+# flask endpoint-diagnostic / scripts/endpoint-diagnostic (docs/operations.md#operations-tools)
 
 
 @pytest.fixture

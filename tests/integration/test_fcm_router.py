@@ -1,4 +1,4 @@
-"""The FCM bridge router against a fake FCM over real HTTP (142–145, SPEC §5.3, §6.2).
+"""The FCM bridge router against a fake FCM over real HTTP (142–145, docs/protocol.md#bridge-registration, docs/protocol.md#bridges).
 
 Nothing is patched: pyfcm and google-auth talk HTTP to ``FakeFcm``, which
 verifies the service account's signed JWT before issuing access tokens, and
@@ -329,7 +329,7 @@ def test_145_data_map_over_fcm_max_data_is_413_104_and_not_sent(
     assert len(fake_fcm.messages) == 1
 
 
-# ---- other FCM answers and failures (SPEC §6.2 table)
+# ---- other FCM answers and failures (docs/protocol.md#bridges table)
 
 
 def test_connection_refused_is_502_902(
@@ -474,7 +474,7 @@ def test_record_without_token_or_app_id_is_410_106(
     assert bridge_errors(metrics) == [error_tags(reason, 410, 106, app_id=app_id)]
 
 
-# ---- router_data (SPEC §5.3)
+# ---- router_data (docs/protocol.md#bridge-registration)
 
 
 def test_router_data_accepts_token_for_configured_app(validator: FcmRouter) -> None:

@@ -1,4 +1,4 @@
-"""Deployment behind nginx (SPEC checklist 157), with real nginx running deploy/nginx.conf.
+"""Deployment behind nginx (conformance item 157), with real nginx running deploy/nginx.conf.
 
 nginx terminates TLS for the public host ``push.example.test`` on a loopback
 port, in front of a real connection node and endpoint node. The test process
@@ -31,7 +31,7 @@ from tests.support.stack import Stack, start_stack
 from tests.support.webpush import AppServer, Subscription, b64url_decode
 
 PUBLIC_HOST = "push.example.test"
-FIREFOX_PING_INTERVAL = 30 * 60  # dom.push.pingInterval (SPEC §1.6)
+FIREFOX_PING_INTERVAL = 30 * 60  # dom.push.pingInterval (docs/architecture.md#how-a-push-travels)
 AUTO_PING_INTERVAL = 300  # AUTOPUSH_AUTO_PING_INTERVAL default
 MAX_DATA = 4096  # AUTOPUSH_MAX_DATA default
 

@@ -1,4 +1,4 @@
-"""The bridge registration API and bridged delivery end to end (128–141, SPEC §5, §6).
+"""The bridge registration API and bridged delivery end to end (128–141, docs/protocol.md#bridge-registration, docs/protocol.md#bridges).
 
 A real gunicorn endpoint node with FCM and APNs configured against local fakes
 (plain HTTP for FCM with a fake OAuth token endpoint; HTTP/2 over TLS for APNs).
@@ -59,7 +59,7 @@ def assert_error(response: requests.Response, status: int, errno: int | None) ->
 def test_128_129_new_registration(stack: Stack) -> None:
     reply = registered(stack)
     assert set(reply) == {"uaid", "channelID", "endpoint", "secret"}
-    assert str(uuid.UUID(reply["uaid"])) == reply["uaid"]  # dashed (§5.5)
+    assert str(uuid.UUID(reply["uaid"])) == reply["uaid"]  # dashed (docs/protocol.md#bridge-registration)
     assert str(uuid.UUID(reply["channelID"])) == reply["channelID"]
     assert reply["endpoint"].startswith(f"{stack.endpoint_url}/wpush/v1/")
     assert reply["secret"] == make_bridge_secret(AUTH_KEYS[0], uuid.UUID(reply["uaid"]).hex)

@@ -1,4 +1,4 @@
-"""Storage failures become typed errors after the SPEC §7.8 retries (real HTTP in the way)."""
+"""Storage failures become typed errors after the docs/architecture.md#storage-errors retries (real HTTP in the way)."""
 
 from __future__ import annotations
 

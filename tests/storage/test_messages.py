@@ -1,4 +1,4 @@
-"""Message-table operations of SPEC §7.5 against a real dynalite (checklist 147–149)."""
+"""Message-table operations of docs/architecture.md#storage-interface against a real dynalite (checklist 147–149)."""
 
 from __future__ import annotations
 

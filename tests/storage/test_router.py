@@ -1,4 +1,4 @@
-"""Router-table operations of SPEC §7.5 against a real dynalite."""
+"""Router-table operations of docs/architecture.md#storage-interface against a real dynalite."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Table creation, TTL, health, preflight and monthly rotation (SPEC §7.6, §7.7, §7.9)."""
+"""Table creation, TTL, health, preflight and monthly rotation (docs/architecture.md#dynamodb, docs/architecture.md#monthly-rotation, docs/architecture.md#start-up)."""
 
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def test_rotation_knows_the_months_it_holds(make_settings, table_prefix: str) ->
 
 
 def test_rotation_channel_list_copy_between_months(make_settings, table_prefix: str) -> None:
-    """The migration's storage steps (SPEC §7.7 connection rule 4)."""
+    """The migration's storage steps (docs/architecture.md#monthly-rotation connection rule 4)."""
     clock = Clock(dt.datetime(2026, 3, 10, 9))
     storage = rotating_storage(make_settings, clock)
     storage.set_up()

@@ -1,4 +1,4 @@
-"""Broadcast registry and Megaphone poller (SPEC §2.11, checklist 57–60).
+"""Broadcast registry and Megaphone poller (docs/protocol.md#broadcast, checklist 57–60).
 
 The poller talks to a real HTTP server on 127.0.0.1 that replays scripted
 responses, so status codes, bodies, timeouts and headers are the real thing.

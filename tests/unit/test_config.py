@@ -1,4 +1,4 @@
-"""Settings parsing (SPEC §8): names, defaults, spellings and one-line errors.
+"""Settings parsing (docs/operations.md#settings): names, defaults, spellings and one-line errors.
 
 Also the start-up refusals: unknown ``AUTOPUSH_*`` names, missing crypto
 keys outside an explicit development environment, short auth keys, and a

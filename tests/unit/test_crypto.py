@@ -2,7 +2,7 @@
 
 Each section below names the module it covers.
 
-Numbers in test names refer to the SPEC §11 conformance checklist.
+Numbers in test names are the conformance-checklist items they check.
 """
 
 from __future__ import annotations
@@ -474,7 +474,7 @@ def test_vapid_accepts_64_byte_and_der_keys(signer):
 
 
 # --------------------------------------------------------------------------
-# VAPID: every rejection of §4.6 (checklist 96-108)
+# VAPID: every rejection of docs/protocol.md#vapid (checklist 96-108)
 
 
 @pytest.mark.parametrize(

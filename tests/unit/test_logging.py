@@ -1,4 +1,4 @@
-"""Log lines parsed back as the log pipeline would read them (§10.2)."""
+"""Log lines parsed back as the log pipeline would read them (docs/operations.md#logs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/openapi.json`` stays in sync with the endpoint app (SPEC §4.1).
+"""``/openapi.json`` stays in sync with the endpoint app (docs/protocol.md#endpoint-routes).
 
 The document is generated from the request schemas, but its paths are listed
 by hand in ``autopush_flask/endpoint/openapi.py``: a route added to the app
@@ -17,11 +17,11 @@ from flask import Flask
 from autopush_flask.endpoint.app import create_endpoint_app
 from autopush_flask.endpoint.schemas import PushHeadersSchema
 
-# Flask adds HEAD to every GET rule and OPTIONS to every rule (CORS preflight, SPEC §4.12).
+# Flask adds HEAD to every GET rule and OPTIONS to every rule (CORS preflight, docs/protocol.md#response-headers).
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
 # Not part of the public API document:
 #  * /openapi.json describes the API; it is not an operation of it.
-#  * The log-check routes of SPEC §4.13 (/v1/err, /v1/err/<kind>, /__error__) exist to prove
+#  * The log-check routes of docs/protocol.md#health (/v1/err, /v1/err/<kind>, /__error__) exist to prove
 #    that errors reach the log pipeline; openapi.py does not list them (adding them there is
 #    the alternative to this exclusion).
 #  * Flask's implicit static route (endpoint "static"): see test_no_flask_static_route.
