@@ -10,7 +10,7 @@ type's default; an explicit ``--bind`` wins.
 Connection workers each own a *slot*: worker slot N serves its private
 router on ``AUTOPUSH_ROUTER_PORT + N`` and announces that as its node_id.
 The master gives a new worker the lowest slot no live worker holds, so a
-replacement takes over the slot of the worker it replaces (DESIGN §1).
+replacement takes over the slot of the worker it replaces (docs/architecture.md#processes).
 
 The master validates the node's settings before it binds anything: a bad
 or unknown ``AUTOPUSH_*`` variable stops it with one line (exit status 3),
