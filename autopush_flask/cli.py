@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import urllib.parse
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -32,6 +31,7 @@ from flask import Flask
 
 from autopush_flask.config import ENDPOINT, Settings, SettingsError, load_settings
 from autopush_flask.crypto.endpoints import parse_endpoint_token
+from autopush_flask.ids import canonical_uaid
 from autopush_flask.crypto.keys import CryptoKeys, InvalidTokenError
 from autopush_flask.db import MIN_MONTHS_KEPT, Storage, StorageError, StorageUnavailable, TableMissing, create_storage
 from autopush_flask.metrics import NullMetrics
@@ -182,12 +182,12 @@ def endpoint_diagnostic(url: str) -> None:
     except InvalidTokenError as error:
         click.echo(f"Token could not be deciphered: {error}")
         fail("Invalid Token")
-    click.echo(f"UAID: {token.uaid.hex}")
+    click.echo(f"UAID: {token.uaid_text}")
     click.echo(f"CHID: {token.channel_id}")
     if token.key_hash:
         click.echo(f"Key hash: {token.key_hash.hex()}")
     with command_storage("endpoint-diagnostic", settings) as storage:
-        show_subscription(storage, token.uaid.hex, str(token.channel_id))
+        show_subscription(storage, token.uaid_text, token.channel_text)
 
 
 # --------------------------------------------------------------------------
@@ -201,7 +201,7 @@ class UaidParam(click.ParamType):
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
         try:
-            return uuid.UUID(str(value)).hex
+            return canonical_uaid(str(value))
         except ValueError:
             self.fail(f"{value!r} is not a UUID", param, ctx)
 

@@ -31,9 +31,10 @@ import secrets
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
+
+from autopush_flask.ids import canonical_uaid
 
 ROOT_LOGGER = "autopush"
 
@@ -157,7 +158,7 @@ class Redactor:
 
     def uaid_hash(self, uaid: str) -> str:
         """HMAC-SHA256 of the UAID's 32-hex form (so the dashed form hashes the same), truncated."""
-        canonical = uuid.UUID(uaid).hex if _UUID_TEXT.fullmatch(uaid) else uaid
+        canonical = canonical_uaid(uaid) if _UUID_TEXT.fullmatch(uaid) else uaid
         return self._digest(canonical)[:UAID_HASH_HEX_DIGITS]
 
     def secret(self, value: str) -> str:

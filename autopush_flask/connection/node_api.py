@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,6 +33,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import Schema, ValidationError, fields, validate
 
 from autopush_flask.config import Settings
+from autopush_flask.ids import canonical_uaid
 from autopush_flask.db import Notification
 from autopush_flask.node_auth import RouterAuthError
 
@@ -164,7 +164,7 @@ def _text(body: str, status: int) -> Response:
 def _client(uaid: str):
     """The identified client for a UAID in either spelling, or ``None``."""
     try:
-        canonical = uuid.UUID(uaid).hex
+        canonical = canonical_uaid(uaid)
     except ValueError:
         return None
     client = _node().registry.get(canonical)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+
+from autopush_flask.ids import channel_text, uaid_text
 from dataclasses import dataclass
 
 from autopush_flask.crypto.base64url import decode_base64_lenient
@@ -23,6 +25,15 @@ class EndpointToken:
     uaid: uuid.UUID
     channel_id: uuid.UUID
     key_hash: bytes | None  # sha256 of the app server key; None for v1
+
+    @property
+    def uaid_text(self) -> str:
+        """The UAID as the service writes it (``ids``)."""
+        return uaid_text(self.uaid)
+
+    @property
+    def channel_text(self) -> str:
+        return channel_text(self.channel_id)
 
 
 def make_endpoint_token(

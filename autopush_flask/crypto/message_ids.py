@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from autopush_flask.crypto.keys import CryptoKeys, InvalidTokenError
-from autopush_flask.db.models import timestamp_sort_key, topic_sort_key
+from autopush_flask.db.models import Notification, timestamp_sort_key, topic_sort_key
+from autopush_flask.ids import channel_text, uaid_text
 
 _DIGITS = re.compile(r"^[0-9]+$")
 
@@ -44,6 +45,23 @@ class MessageId:
         cls, uaid: uuid.UUID, channel_id: uuid.UUID, sortkey_timestamp: int
     ) -> MessageId:
         return cls("timestamp", uaid, channel_id, sortkey_timestamp=sortkey_timestamp)
+
+    @classmethod
+    def for_notification(cls, uaid: str, notification: Notification) -> MessageId:
+        """The id of a stored or delivered notification, from the service's text ids (``ids``)."""
+        ids = (uuid.UUID(uaid), uuid.UUID(notification.channel_id))
+        if notification.topic:
+            return cls.for_topic(*ids, notification.topic)
+        return cls.for_timestamp(*ids, notification.sortkey_timestamp)
+
+    @property
+    def uaid_text(self) -> str:
+        """The UAID as the service writes it (``ids``)."""
+        return uaid_text(self.uaid)
+
+    def names(self, uaid: str, channel_id: str) -> bool:
+        """Whether this id belongs to ``uaid``'s channel ``channel_id`` (text ids, ``ids``)."""
+        return uaid_text(self.uaid) == uaid and channel_text(self.channel_id) == channel_id
 
     def __post_init__(self) -> None:
         if self.kind not in ("topic", "timestamp"):

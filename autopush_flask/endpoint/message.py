@@ -18,7 +18,7 @@ def cancel(message_id: str) -> Response:
         parsed = MessageId.decode(state.crypto_keys, message_id)
     except InvalidMessageIdError as error:
         raise PushError(INVALID_MESSAGE_ID) from error
-    uaid = parsed.uaid.hex
+    uaid = parsed.uaid_text
     updateid = message_id if parsed.kind == "topic" else None
     state.storage.cancel_message(uaid, parsed.sort_key, updateid)
     state.metrics.increment("notification.message.deleted", tags={"topic": parsed.kind == "topic"})

@@ -22,6 +22,7 @@ from autopush_flask.endpoint.body_limits import read_body
 from autopush_flask.endpoint.errors import authorization_header
 from autopush_flask.endpoint.schemas import SubscriptionSchema
 from autopush_flask.endpoint.state import EndpointState, endpoint_state
+from autopush_flask.ids import channel_text, uaid_text
 from autopush_flask.push_errors import (
     BODY_NOT_AN_OBJECT,
     EXPIRED_ENDPOINT,
@@ -62,13 +63,13 @@ def register(router_type: str, app_id: str) -> Response:
     channel_id, key = _subscription_fields(body)
     uaid = uuid.uuid4()
     user = state.storage.new_user(
-        uaid.hex, None, _now_ms(), router_type=router_type.lower(), router_data=router_data
+        uaid_text(uaid), None, _now_ms(), router_type=router_type.lower(), router_data=router_data
     )
     if not state.storage.add_user(user):
         raise PushError(UAID_COLLISION)
     endpoint = _add_channel(state, user, channel_id, key)
     state.metrics.increment("ua.command.register", tags=_client_tags())
-    secret = make_bridge_secret(state.settings.auth_keys[0], uaid.hex)
+    secret = make_bridge_secret(state.settings.auth_keys[0], uaid_text(uaid))
     return jsonify(uaid=str(uaid), channelID=str(channel_id), endpoint=endpoint, secret=secret)
 
 
@@ -114,7 +115,7 @@ def unsubscribe(router_type: str, app_id: str, uaid: str, chid: str) -> Response
     _, user = _authenticated(router_type, uaid)
     channel_id = _parse_uuid(chid, NO_SUCH_SUBSCRIPTION)
     state = endpoint_state()
-    if not state.storage.remove_channel(user, str(channel_id)):
+    if not state.storage.remove_channel(user, channel_text(channel_id)):
         raise PushError(NO_SUCH_SUBSCRIPTION)
     state.metrics.increment("ua.command.unregister", tags=_client_tags())
     return jsonify({})
@@ -133,8 +134,8 @@ def _bridge(router_type: str) -> BridgeRouter:
 def _authenticated(router_type: str, uaid_text: str) -> tuple[BridgeRouter, User]:
     router = _bridge(router_type)
     uaid = _parse_uuid(uaid_text, EXPIRED_ENDPOINT)
-    _check_secret(uaid.hex)
-    user = endpoint_state().storage.get_user(uaid.hex)
+    _check_secret(uaid_text(uaid))
+    user = endpoint_state().storage.get_user(uaid_text(uaid))
     if user is None:
         raise PushError(EXPIRED_ENDPOINT)
     return router, user
@@ -189,7 +190,7 @@ def _subscription_fields(body: dict[str, Any]) -> tuple[uuid.UUID, bytes | None]
 
 
 def _add_channel(state: EndpointState, user: User, channel_id: uuid.UUID, key: bytes | None) -> str:
-    state.storage.add_channel(user, str(channel_id))
+    state.storage.add_channel(user, channel_text(channel_id))
     return make_endpoint_url(state.crypto_keys, state.settings.endpoint_url, uuid.UUID(user.uaid), channel_id, key)
 
 

@@ -55,7 +55,7 @@ def push(api_version: str, token: str) -> Response:
     state.metrics.increment("notification.received")
     subscription = _decrypt_token(token, api_version)
     vapid = _check_vapid(subscription)
-    user, channels = _load_user(subscription.uaid.hex)
+    user, channels = _load_user(subscription.uaid_text)
     _check_subscription(user, channels, subscription)
     body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
@@ -136,7 +136,7 @@ def _check_subscription(user: User, channels: list[str] | None, subscription: En
         raise _dropped_user(user.uaid)
     if channels is None:
         channels = state.storage.get_channels(user)
-    if str(subscription.channel_id) not in channels:
+    if subscription.channel_text not in channels:
         raise PushError(NO_SUCH_SUBSCRIPTION)
 
 
@@ -159,7 +159,7 @@ def _dropped_user(uaid: str) -> PushError:
 def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes) -> Notification:
     """The message as accepted; the dispatcher gives it its version."""
     return Notification(
-        channel_id=str(subscription.channel_id),
+        channel_id=subscription.channel_text,
         version="",
         ttl=headers.ttl,
         timestamp=int(time.time()),

@@ -10,7 +10,6 @@ only ``Dispatcher.dispatch`` and the ``Delivery`` it returns.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,13 +66,9 @@ class MessageStamper:
         self._clock = clock
 
     def stamp(self, uaid: str, notification: Notification) -> None:
-        ids = (uuid.UUID(uaid), uuid.UUID(notification.channel_id))
-        if notification.topic:
-            message_id = MessageId.for_topic(*ids, notification.topic)
-        else:
+        if not notification.topic:
             notification.sortkey_timestamp = self._clock.next()
-            message_id = MessageId.for_timestamp(*ids, notification.sortkey_timestamp)
-        notification.version = message_id.encode(self._keys)
+        notification.version = MessageId.for_notification(uaid, notification).encode(self._keys)
 
 
 class Dispatcher:

@@ -47,6 +47,8 @@ from autopush_flask.crypto.vapid import (
     parse_vapid_authorization,
     verify_vapid,
 )
+from autopush_flask.db.models import Notification
+from autopush_flask.ids import canonical_uaid
 
 UAID = uuid.UUID("deadbeef00000000deadbeef00000000")
 CHID = uuid.UUID("d9b74644-4f97-46aa-b8fa-9393985cd6cd")
@@ -657,3 +659,24 @@ def test_crypto_package_re_exports_nothing() -> None:
 
 
 _SUBMODULES = {"base64url", "keys", "endpoints", "message_ids", "crypto_key_header", "vapid", "bridge_secrets"}
+
+
+# ---- ids: the service's text ids at the crypto boundary (autopush_flask/ids.py)
+
+
+def test_ids_are_text_inside_the_service() -> None:
+    assert canonical_uaid(str(UAID)) == canonical_uaid("{" + UAID.hex.upper() + "}") == UAID.hex
+    with pytest.raises(ValueError):
+        canonical_uaid("not-a-uuid")
+    token = EndpointToken(UAID, CHID, None)
+    assert (token.uaid_text, token.channel_text) == (UAID.hex, str(CHID))
+
+
+def test_message_id_from_a_notification_names_its_owner() -> None:
+    stamped = Notification(channel_id=str(CHID), version="", ttl=60, timestamp=1, sortkey_timestamp=7)
+    timed = MessageId.for_notification(UAID.hex, stamped)
+    assert timed == MessageId.for_timestamp(UAID, CHID, 7)
+    assert timed.names(UAID.hex, str(CHID)) and timed.uaid_text == UAID.hex
+    assert not timed.names(uuid.uuid4().hex, str(CHID))
+    topical = Notification(channel_id=str(CHID), version="", ttl=60, timestamp=1, topic="news")
+    assert MessageId.for_notification(UAID.hex, topical) == MessageId.for_topic(UAID, CHID, "news")

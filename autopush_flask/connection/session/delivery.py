@@ -144,7 +144,7 @@ class DeliveryMixin(SessionBase):
             message_id = None
         if (
             message_id is not None and message_id.kind == "timestamp"
-            and str(message_id.channel_id) == notification.channel_id and message_id.uaid.hex == self.uaid
+            and message_id.names(self.uaid, notification.channel_id)
         ):
             stamp = message_id.sortkey_timestamp
         else:
