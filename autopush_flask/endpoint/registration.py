@@ -1,4 +1,5 @@
-"""Bridge registration API for mobile clients (docs/protocol.md#bridge-registration): ``/v1/{type}/{app_id}/registration…``.
+"""Bridge registration API for mobile clients (docs/protocol.md#bridge-registration):
+``/v1/{type}/{app_id}/registration…``.
 
 Checks for authenticated calls run in the protocol's order: router type (400/108),
 UAID (410/103), bearer secret (401/109), router record (410/103), then the
@@ -131,9 +132,9 @@ def _bridge(router_type: str) -> BridgeRouter:
     return router
 
 
-def _authenticated(router_type: str, uaid_text: str) -> tuple[BridgeRouter, User]:
+def _authenticated(router_type: str, given_uaid: str) -> tuple[BridgeRouter, User]:
     router = _bridge(router_type)
-    uaid = _parse_uuid(uaid_text, EXPIRED_ENDPOINT)
+    uaid = _parse_uuid(given_uaid, EXPIRED_ENDPOINT)
     _check_secret(uaid_text(uaid))
     user = endpoint_state().storage.get_user(uaid_text(uaid))
     if user is None:
