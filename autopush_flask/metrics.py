@@ -3,7 +3,7 @@
 Three interchangeable sinks share one interface so callers never branch on
 whether metrics are configured:
 
-* ``Metrics`` sends UDP datagrams through ``statsd.StatsClient``;
+* ``Metrics`` sends statsd lines as UDP datagrams (``StatsdSocket``);
 * ``NullMetrics`` drops everything (``AUTOPUSH_STATSD_HOST`` empty);
 * ``RecordingMetrics`` keeps calls in memory for unit tests.
 
@@ -13,18 +13,16 @@ Nothing is created at import time; ``create_metrics`` builds the sink.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-import statsd
-
 Tags = Mapping[str, Any]
 
 # Characters that would end or split a statsd/DogStatsD field. Anything else
-# outside printable ASCII is replaced too, because statsd 4.0.1 encodes the
-# datagram as ASCII and an encoding error would escape its socket-error guard.
+# outside printable ASCII is replaced too: a datagram is sent as ASCII.
 _NAME_FORBIDDEN = ":|@#,"
 _TAG_KEY_FORBIDDEN = ":|@#,"
 _TAG_VALUE_FORBIDDEN = "|@#,"
@@ -32,9 +30,7 @@ _TAG_VALUE_FORBIDDEN = "|@#,"
 
 def _clean(text: str, forbidden: str) -> str:
     """Keep one user-influenced token from corrupting or breaking a datagram."""
-    return "".join(
-        c if " " < c < "\x7f" and c not in forbidden else "_" for c in text
-    )
+    return "".join(c if " " < c < "\x7f" and c not in forbidden else "_" for c in text)
 
 
 def _stringify_tags(tags: Tags | None) -> dict[str, str]:
@@ -51,12 +47,35 @@ def _format_number(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
+class StatsdSocket:
+    """One UDP socket aimed at the statsd server, whose address is resolved once.
+
+    The ``statsd`` package (4.0.1) is not used: its public methods cannot
+    carry DogStatsD tags, format timings as ``12.000000|ms`` and send a
+    negative gauge's reset and value as one two-line datagram, and it has no
+    public way to send a line as is. A statsd line over UDP is all it did, so
+    this class does that through the standard library (resolving like it:
+    IPv4, the first address ``getaddrinfo`` gives).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        """Raises ``OSError`` (``socket.gaierror``) or ``UnicodeError`` for an unusable host."""
+        family, _, _, _, address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0]
+        self._address = address
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+
+    def send(self, line: str) -> None:
+        """One datagram; raises ``OSError`` (e.g. once closed) and ``UnicodeError``."""
+        self._sock.sendto(line.encode("ascii"), self._address)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 class _TimerMixin:
     """One timer implementation for every sink, built on ``timing``."""
 
-    def timing(
-        self, name: str, milliseconds: float, tags: Tags | None = None
-    ) -> None:
+    def timing(self, name: str, milliseconds: float, tags: Tags | None = None) -> None:
         raise NotImplementedError
 
     @contextmanager
@@ -72,17 +91,16 @@ class _TimerMixin:
 class Metrics(_TimerMixin):
     """Statsd sink; adds DogStatsD ``|#k:v`` tags when ``tags_enabled``."""
 
-    def __init__(self, client: statsd.StatsClient, tags_enabled: bool) -> None:
-        self._client = client
+    def __init__(self, sock: StatsdSocket, prefix: str, tags_enabled: bool) -> None:
+        self._sock = sock
+        self._prefix = f"{prefix}." if prefix else ""
         self._tags_enabled = tags_enabled
 
     def increment(self, name: str, value: int = 1, tags: Tags | None = None) -> None:
         """Counters; value > 1 is used for byte and message counts (docs/operations.md#metrics)."""
         self._send(name, _format_number(value), "c", tags)
 
-    def timing(
-        self, name: str, milliseconds: float, tags: Tags | None = None
-    ) -> None:
+    def timing(self, name: str, milliseconds: float, tags: Tags | None = None) -> None:
         """Durations in milliseconds (``|ms``)."""
         self._send(name, _format_number(milliseconds), "ms", tags)
 
@@ -101,20 +119,15 @@ class Metrics(_TimerMixin):
 
     def close(self) -> None:
         """Release the UDP socket (tests and clean shutdown)."""
-        self._client.close()
+        self._sock.close()
 
     def _send(self, name: str, value: str, kind: str, tags: Tags | None) -> None:
-        # Relies on statsd==4.0.1 internals: ``_send_stat(stat, value, rate)``
-        # adds the prefix and "stat:" and sends ``value`` verbatim. That is
-        # the only way to append "|#tags" after the type. The UDP tests in
-        # tests/unit/test_metrics.py fail if a version bump changes this.
-        line = f"{value}|{kind}{self._tag_suffix(tags)}"
+        """``<prefix>.<name>:<value>|<kind>[|#k:v,...]``, one line per datagram."""
         try:
-            self._client._send_stat(_clean(name, _NAME_FORBIDDEN), line, 1)
+            line = f"{self._prefix}{_clean(name, _NAME_FORBIDDEN)}:{value}|{kind}{self._tag_suffix(tags)}"
+            self._sock.send(line)
         except Exception:  # metrics must never break a request
-            logging.getLogger("autopush.metrics").debug(
-                "statsd send failed", exc_info=True
-            )
+            logging.getLogger("autopush.metrics").debug("statsd send failed", exc_info=True)
 
     def _tag_suffix(self, tags: Tags | None) -> str:
         if not self._tags_enabled or not tags:
@@ -132,9 +145,7 @@ class NullMetrics(_TimerMixin):
     def increment(self, name: str, value: int = 1, tags: Tags | None = None) -> None:
         """Dropped."""
 
-    def timing(
-        self, name: str, milliseconds: float, tags: Tags | None = None
-    ) -> None:
+    def timing(self, name: str, milliseconds: float, tags: Tags | None = None) -> None:
         """Dropped."""
 
     def gauge(self, name: str, value: float, tags: Tags | None = None) -> None:
@@ -171,9 +182,7 @@ class RecordingMetrics(_TimerMixin):
         """Recorded."""
         self._record("increment", name, value, tags)
 
-    def timing(
-        self, name: str, milliseconds: float, tags: Tags | None = None
-    ) -> None:
+    def timing(self, name: str, milliseconds: float, tags: Tags | None = None) -> None:
         """Recorded."""
         self._record("timing", name, milliseconds, tags)
 
@@ -213,10 +222,10 @@ def create_metrics(
     if not host:
         return NullMetrics()
     try:
-        client = statsd.StatsClient(host=host, port=port, prefix=prefix or None)
+        sock = StatsdSocket(host, port)
     except (OSError, UnicodeError) as exc:
         logging.getLogger("autopush.metrics").warning(
             "statsd host %r:%s unusable (%s); metrics disabled", host, port, exc
         )
         return NullMetrics()
-    return Metrics(client, tags_enabled)
+    return Metrics(sock, prefix, tags_enabled)

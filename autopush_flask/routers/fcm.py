@@ -1,40 +1,47 @@
 """Delivery to Android devices through Firebase Cloud Messaging, HTTP v1 API (docs/protocol.md#bridges).
 
-One pyfcm client per configured app id, created on first use and kept for
+One ``FcmClient`` per configured app id, created on first use and kept for
 the life of the worker: it holds the service-account credentials, the cached
 OAuth2 access token and a pool of keep-alive connections to FCM.
 
-What pyfcm 2.1.1 gives us and what we replace (read from its ``baseapi.py``):
+FCM is spoken with ``requests`` and ``google-auth`` directly, through their
+public APIs. ``pyfcm`` (2.1.1, read from its ``baseapi.py``) was dropped
+because none of its public API fits, and this module used to override its
+session, endpoint, send and token handling and call its private methods:
 
-* Credentials are injected through its ``credentials=`` argument (a
-  google-auth service-account ``Credentials``; the key's ``token_uri`` decides
-  where access tokens are fetched), the HTTP adapter through ``adapter=``.
-* Its endpoint comes from the class attribute ``FCM_END_POINT_BASE`` and the
-  *key's* ``project_id``; the client overrides ``fcm_end_point`` per instance
-  so ``AUTOPUSH_FCM_BASE_URL`` and the configured ``project_id`` win.
-* ``notify()``/``parse_response()`` are not used: the payload they build adds
-  ``"notification": {}`` and ``"validate_only"``, and the response parser
-  accepts only 200 and turns 403/404/5xx into exception classes that drop the
-  body (and, for 401/403/404, the status), while docs/protocol.md#bridges needs both. We send
-  through ``send_request`` and map the raw ``requests.Response`` here.
-* ``send_request``, the session and the token cache are overridden, see
-  ``FcmClient``: pyfcm keeps them in ``threading.local`` (greenlet-local under
-  gevent's monkey patching, so a new connection and token per request), sleeps
-  for any ``Retry-After`` and retries without bound.
+* ``notify()`` builds a payload with ``"notification": {}`` and
+  ``"validate_only"`` and puts data at the message level, not in ``android``;
+* ``send_request()`` sleeps for any ``Retry-After`` and then recurses, and
+  re-sends on every expired token, both without bound;
+* ``parse_response()`` accepts only 200 and turns 401/403/404/5xx into
+  exceptions that drop the body (and for 401/403/404 the status), while
+  docs/protocol.md#bridges needs both;
+* the session and token live in a ``threading.local``, i.e. per greenlet
+  under gevent: a new connection and a new token for every request;
+* tokens are fetched without a timeout override (google-auth's 120 s) and
+  without serialising concurrent refreshes.
+
+google-auth's ``AuthorizedSession`` is not used either: every caller that
+sees an invalid token refreshes it, concurrently and without sharing a
+failure, and its ``before_request`` may start a Regional Access Boundary
+lookup in a background thread (google-auth 2.63, behind an environment
+variable). The credentials' public ``token_state``, ``token`` and
+``refresh()`` are all this module needs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 from typing import Any
 
 import requests
+from google.auth.credentials import TokenState
 from google.auth.exceptions import GoogleAuthError
 from google.auth.transport.requests import Request as GoogleAuthRequest
 from google.oauth2 import service_account
-from pyfcm import FCMNotification
 from requests.adapters import HTTPAdapter
 
 from autopush_flask.config import Settings
@@ -68,6 +75,7 @@ PLATFORM = "fcm"
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 POOL_SIZE = 100
 GONE_STATUSES = frozenset({"NOT_FOUND", "UNREGISTERED"})
+TOKEN_EXPIRED_REASON = "ACCESS_TOKEN_EXPIRED"
 
 log = logging.getLogger("autopush.router")
 
@@ -76,92 +84,108 @@ class TokenFailure(Exception):
     """No OAuth2 access token could be obtained: unusable key or token endpoint failure."""
 
 
-class _TokenRequest(GoogleAuthRequest):
-    """google-auth's transport with our pool and a timeout.
+class FcmClient:
+    """FCM v1 ``messages:send`` for one project, safe to share between greenlets.
 
-    google-auth calls the transport without a timeout, which means its own
-    default of 120 s; a push must not wait that long for a token.
+    One ``requests`` session (keep-alive pool) carries both the sends and the
+    token requests, and every request has the configured timeout: google-auth
+    would otherwise wait up to its default of 120 s for a token. ``None``
+    (``AUTOPUSH_FCM_TIMEOUT=0``) means no limit, as for the sends.
     """
-
-    def __init__(self, session: requests.Session, timeout: float | None) -> None:
-        super().__init__(session)
-        self._timeout = timeout
-
-    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
-                 timeout: Any = None, **kwargs: Any) -> Any:
-        return super().__call__(url, method, body, headers, timeout=timeout or self._timeout, **kwargs)
-
-
-class FcmClient(FCMNotification):
-    """pyfcm's FCM v1 client for one project, safe to share between greenlets."""
 
     def __init__(self, base_url: str, project_id: str, credentials: service_account.Credentials,
                  timeout: float | None) -> None:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-        super().__init__(project_id=project_id, credentials=credentials, adapter=adapter)
-        self._end_point = f"{base_url.rstrip('/')}/v1/projects/{project_id}/messages:send"
         self._session = requests.Session()
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
-        self._token_request = _TokenRequest(self._session, timeout)
+        self._end_point = f"{base_url.rstrip('/')}/v1/projects/{project_id}/messages:send"
+        self._credentials = credentials
+        self._timeout = timeout
+        # google-auth calls its transport without a timeout; a call-time one would still win.
+        self._token_request = functools.partial(GoogleAuthRequest(self._session), timeout=timeout)
         # Created lazily in the worker, i.e. after gevent's monkey patching:
         # this is a gevent lock there and a thread lock elsewhere.
         self._token_lock = threading.Lock()
         self._refreshes = 0
         self._refresh_error: str | None = None
 
-    @property
-    def fcm_end_point(self) -> str:
-        return self._end_point
-
-    @property
-    def requests_session(self) -> requests.Session:
-        """One pooled session per client (pyfcm's is per thread, i.e. per greenlet)."""
-        return self._session
-
-    def send_request(self, payload: bytes | None = None, timeout: float | None = None) -> requests.Response:
+    def send(self, payload: bytes) -> requests.Response:
         """One POST; re-sent once, with a fresh token, only when FCM says the token expired.
 
-        pyfcm's own version sleeps for any ``Retry-After`` and recurses without
-        bound: an endpoint request must answer within ``fcm_timeout``, so a
-        throttled FCM answer goes straight back to the response mapping.
+        A throttled answer (429/503 with ``Retry-After``) is not waited on: an
+        endpoint request must answer within ``fcm_timeout``, so it goes
+        straight back to the response mapping, body and all.
         Raises ``TokenFailure`` and ``requests`` exceptions.
         """
-        token = self._get_access_token()
-        response = self._post(payload, token, timeout)
-        if self._is_access_token_expired(response):
-            response = self._post(payload, self._get_access_token(stale=token), timeout)
+        token = self._access_token()
+        response = self._post(payload, token)
+        if _token_expired(response):
+            response = self._post(payload, self._access_token(stale=token))
         return response
 
-    def _post(self, payload: bytes | None, token: str, timeout: float | None) -> requests.Response:
+    def _post(self, payload: bytes, token: str) -> requests.Response:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-        return self._session.post(self._end_point, data=payload, headers=headers, timeout=timeout)
+        return self._session.post(self._end_point, data=payload, headers=headers, timeout=self._timeout)
 
-    def _get_access_token(self, stale: str | None = None) -> str:
+    def _usable_token(self, stale: str | None) -> str | None:
+        """The cached token unless it is missing, near expiry or ``stale``."""
+        credentials = self._credentials
+        token = credentials.token
+        if credentials.token_state is TokenState.FRESH and token != stale:
+            return token
+        return None
+
+    def _access_token(self, stale: str | None = None) -> str:
         """The cached token, refreshed by one greenlet at a time when near expiry or ``stale``.
 
-        pyfcm fetches a new token whenever its per-thread session is new and
-        every 30 minutes; google-auth's ``valid`` keeps it until shortly before
+        google-auth keeps a token ``FRESH`` until shortly (3 min 45 s) before
         the ``expires_in`` the token endpoint gave. Greenlets that waited on a
-        refresh that failed share that failure instead of each trying again.
+        refresh that failed share that failure instead of each trying again;
+        the next push after it tries again. A refresh is bounded: google-auth
+        makes at most 3 attempts at the token endpoint, retrying only
+        transient answers, about 1 s and 2 s apart.
         """
-        credentials = self.credentials
-        if credentials.valid and credentials.token != stale:
-            return credentials.token
+        token = self._usable_token(stale)
+        if token is not None:
+            return token
+        # Counts *finished* refreshes: one that finished while this caller
+        # waited for the lock is the one it waited on. (Counting started ones
+        # missed it: under gevent a waiter only runs once the refresh has
+        # started, so it always saw the count already raised and tried again.)
         seen = self._refreshes
         with self._token_lock:
-            if credentials.valid and credentials.token != stale:
-                return credentials.token
+            token = self._usable_token(stale)
+            if token is not None:
+                return token
             if self._refreshes != seen and self._refresh_error:
                 raise TokenFailure(self._refresh_error)
-            self._refreshes += 1
             try:
-                credentials.refresh(self._token_request)
+                self._credentials.refresh(self._token_request)
             except (GoogleAuthError, ValueError) as error:
                 self._refresh_error = str(error) or repr(error)
                 raise TokenFailure(self._refresh_error) from error
+            finally:
+                self._refreshes += 1
             self._refresh_error = None
-            return credentials.token
+            token = self._credentials.token
+            if not token:
+                raise TokenFailure("the token endpoint returned no access token")
+            return token
+
+
+def _token_expired(response: requests.Response) -> bool:
+    """FCM's 401 for an expired access token: ``ACCESS_TOKEN_EXPIRED`` in the error's details.
+
+    Any other 401 is answered as an authentication failure, not re-sent.
+    """
+    if response.status_code != 401:
+        return False
+    error = _error_object(response)
+    details = error.get("details") if error is not None else None
+    if not isinstance(details, list):
+        return False
+    return any(isinstance(d, dict) and d.get("reason") == TOKEN_EXPIRED_REASON for d in details)
 
 
 def load_credentials(credential: Any) -> service_account.Credentials:
@@ -221,8 +245,7 @@ class FcmRouter:
 
     def _send(self, app_id: str, payload: bytes) -> requests.Response:
         try:
-            client = self._client(app_id)
-            return client.send_request(payload, timeout=self._timeout)
+            return self._client(app_id).send(payload)
         except TokenFailure as error:
             log.error("FCM OAuth2 token failure", extra=log_fields(app_id=app_id, error=str(error)))
             raise self._failure(app_id, "oauth_failure", FCM_CREDENTIALS_UNUSABLE) from error
@@ -278,7 +301,6 @@ def _record_target(router_data: dict) -> tuple[str | None, str | None]:
 
 def _compact_json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
 
 
 def _error_object(response: requests.Response) -> dict | None:

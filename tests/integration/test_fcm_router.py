@@ -1,6 +1,7 @@
-"""The FCM bridge router against a fake FCM over real HTTP (142–145, docs/protocol.md#bridge-registration, docs/protocol.md#bridges).
+"""The FCM bridge router against a fake FCM over real HTTP (142–145).
 
-Nothing is patched: pyfcm and google-auth talk HTTP to ``FakeFcm``, which
+See docs/protocol.md#bridge-registration and docs/protocol.md#bridges.
+Nothing is patched: requests and google-auth talk HTTP to ``FakeFcm``, which
 verifies the service account's signed JWT before issuing access tokens, and
 router records live in a real dynalite.
 """
@@ -95,7 +96,9 @@ def fcm_user(storage: Storage, router_data: dict[str, Any]) -> User:
         router_data=router_data, record_version=1,
     )
     assert storage.add_user(user)
-    return storage.get_user(user.uaid)
+    stored = storage.get_user(user.uaid)
+    assert stored is not None
+    return stored
 
 
 def notification(ttl: int = 3600, body: bytes | None = None, headers: dict[str, str] | None = None) -> Notification:
@@ -146,6 +149,7 @@ def test_142_push_with_body_sends_exact_v1_message(
     }}}}
     [grant] = fake_fcm.token_requests
     assert grant.grant_type == JWT_BEARER
+    assert grant.claims is not None
     assert (grant.claims["iss"], grant.claims["scope"], grant.claims["aud"]) == (
         APP_EMAIL, FCM_SCOPE, GOOGLE_TOKEN_AUDIENCE)
     assert fake_fcm.issued_tokens == [TOKEN_1]
@@ -194,7 +198,8 @@ def test_142_old_record_with_creds_sender_id_uses_that_app(
 
     assert [(m.path, m.body["message"]["token"]) for m in fake_fcm.messages] == [
         (f"/v1/projects/{LEGACY_PROJECT}/messages:send", DEVICE_TOKEN)]
-    assert [grant.claims["iss"] for grant in fake_fcm.token_requests] == [LEGACY_EMAIL]  # key read from its file
+    # the key was read from its file
+    assert [(grant.claims or {}).get("iss") for grant in fake_fcm.token_requests] == [LEGACY_EMAIL]
     assert [c.tags for c in metrics.find("notification.bridge.sent")] == [{"platform": "fcm", "app_id": LEGACY_APP}]
 
 
@@ -242,6 +247,26 @@ def test_142_expired_access_token_is_refreshed_and_sent_once_more(
         f"Bearer {TOKEN_1}", f"Bearer {TOKEN_1}", "Bearer fake-access-token-2"]
     assert len(fake_fcm.token_requests) == 2
     assert bridge_errors(metrics) == []
+
+
+def test_142_token_expired_again_after_refresh_is_not_resent_again(
+    router: FcmRouter, storage: Storage, fake_fcm: FakeFcm, metrics: RecordingMetrics
+) -> None:
+    """One refresh and one re-send per push, however often FCM says the token expired."""
+    user = fcm_user(storage, {"token": DEVICE_TOKEN, "app_id": APP})
+    router.route(user, notification())
+    fake_fcm.expire_tokens()
+    fake_fcm.script(Reply(401, {"error": {
+        "code": 401, "status": "UNAUTHENTICATED", "message": "Request had invalid authentication credentials.",
+        "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_EXPIRED"}],
+    }}))
+
+    assert push_error(router, user, notification()) == (502, 901, "Bridge authentication failed")
+
+    assert [m.headers["Authorization"] for m in fake_fcm.messages] == [
+        f"Bearer {TOKEN_1}", f"Bearer {TOKEN_1}", "Bearer fake-access-token-2"]
+    assert len(fake_fcm.token_requests) == 2
+    assert bridge_errors(metrics) == [error_tags("authentication", 502, 901)]
 
 
 # ---- 143: the device is gone
@@ -376,20 +401,26 @@ def test_error_object_is_502_with_upstream_reason(
     assert bridge_errors(metrics) == [error_tags(reason, 502, None)]
 
 
+@pytest.mark.parametrize("answer", [
+    Reply(503, {"error": {"code": 503, "status": "UNAVAILABLE", "message": "Unavailable"}}, {"Retry-After": "30"}),
+    Reply(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded",
+                          "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                       "errorCode": "QUOTA_EXCEEDED"}]}}, {"Retry-After": "30"}),
+], ids=["503", "429"])
 def test_retry_after_is_not_slept_on(
-    router: FcmRouter, storage: Storage, fake_fcm: FakeFcm, metrics: RecordingMetrics
+    router: FcmRouter, storage: Storage, fake_fcm: FakeFcm, metrics: RecordingMetrics, answer: Reply
 ) -> None:
-    """pyfcm's own send would sleep 30 s and retry; the endpoint answers at once."""
+    """A client honouring Retry-After would wait 30 s and send again; the endpoint answers at once."""
     user = fcm_user(storage, {"token": DEVICE_TOKEN, "app_id": APP})
-    fake_fcm.script(Reply(503, {"error": {"code": 503, "status": "UNAVAILABLE", "message": "Unavailable"}},
-                          {"Retry-After": "30"}))
+    fake_fcm.script(answer)
 
     started = time.monotonic()
     assert push_error(router, user, notification()) == (502, None, "Bridge reported an error")
 
     assert time.monotonic() - started < 1.0
     assert len(fake_fcm.messages) == 1
-    assert bridge_errors(metrics) == [error_tags("upstream_503", 502, None)]
+    assert storage.get_user(user.uaid) == user
+    assert bridge_errors(metrics) == [error_tags(f"upstream_{answer.status}", 502, None)]
 
 
 @pytest.mark.parametrize("answer", [
@@ -423,6 +454,25 @@ def test_oauth_endpoint_failure_is_500_and_retried_on_next_push(
     assert router.route(user, notification()) == "Direct"
     assert len(fake_fcm.token_requests) == 2
     assert [m.headers["Authorization"] for m in fake_fcm.messages] == [f"Bearer {TOKEN_1}"]
+
+
+def test_concurrent_pushes_share_one_failed_token_fetch(
+    router: FcmRouter, storage: Storage, fake_fcm: FakeFcm, metrics: RecordingMetrics
+) -> None:
+    """Pushes waiting on a refresh that fails take its failure instead of each asking the token endpoint."""
+    users = [fcm_user(storage, {"token": f"{DEVICE_TOKEN}-{n}", "app_id": APP}) for n in range(4)]
+    fake_fcm.script_token(Delay(0.3, Reply(400, {"error": "invalid_grant", "error_description": "account not found"})))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda u: push_error(router, u, notification()), users))
+
+    assert results == [(500, None, "FCM credentials are not usable")] * 4
+    assert len(fake_fcm.token_requests) == 1
+    assert fake_fcm.messages == []
+    assert bridge_errors(metrics) == [error_tags("oauth_failure", 500, None)] * 4
+
+    assert router.route(users[0], notification()) == "Direct"  # the next push tries again
+    assert len(fake_fcm.token_requests) == 2
 
 
 def test_unreadable_service_account_key_is_500(

@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -184,7 +185,7 @@ class FakeFcm:
     def _verify(self, assertion: str) -> dict[str, Any] | None:
         try:
             issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss")
-            key = self._accounts.get(issuer)
+            key = self._accounts.get(issuer) if isinstance(issuer, str) else None
             if key is None:
                 return None
             return jwt.decode(assertion, key, algorithms=["RS256"], audience=GOOGLE_TOKEN_AUDIENCE)
@@ -215,7 +216,7 @@ class FakeFcm:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 port = self.client_address[1]
                 if self.path == "/token":
@@ -236,7 +237,7 @@ class FakeFcm:
                     answer, default = Reply(404, "Not Found"), None
                 self._answer(answer, default)
 
-            def _answer(self, answer: Answer | None, default: Any) -> None:
+            def _answer(self, answer: Answer | None, default: Callable[[], Reply] | None) -> None:
                 if isinstance(answer, Close):
                     self.close_connection = True
                     self.connection.close()
@@ -244,8 +245,9 @@ class FakeFcm:
                 if isinstance(answer, Delay):
                     time.sleep(answer.seconds)
                     answer = answer.then
-                if answer is None or (answer.status == 200 and answer.body is None and default):
+                if default is not None and (answer is None or (answer.status == 200 and answer.body is None)):
                     answer = default()
+                assert answer is not None  # every path without a default scripts its answer
                 body = answer.body
                 if isinstance(body, (dict, list)):
                     payload, content_type = json.dumps(body).encode(), "application/json; charset=UTF-8"
