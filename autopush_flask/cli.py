@@ -31,9 +31,9 @@ from flask import Flask
 
 from autopush_flask.config import ENDPOINT, Settings, SettingsError, load_settings
 from autopush_flask.crypto.endpoints import parse_endpoint_token
-from autopush_flask.ids import canonical_uaid
 from autopush_flask.crypto.keys import CryptoKeys, InvalidTokenError
 from autopush_flask.db import MIN_MONTHS_KEPT, Storage, StorageError, StorageUnavailable, TableMissing, create_storage
+from autopush_flask.ids import canonical_uaid
 from autopush_flask.metrics import NullMetrics
 
 ENDPOINT_PATTERN = re.compile(r"push/(?:(v\d+)/)?([^/]+)")

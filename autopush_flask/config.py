@@ -80,8 +80,9 @@ class CommaList(fields.Field):
 class Flag(fields.Boolean):
     """A boolean spelled ``true/false``, ``1/0`` or ``yes/no``."""
 
-    truthy = TRUTHY
-    falsy = FALSY
+    # marshmallow declares these as set[object]
+    truthy: set[object] = set(TRUTHY)
+    falsy: set[object] = set(FALSY)
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
         if isinstance(value, str):
@@ -107,7 +108,9 @@ class JsonObject(fields.Field):
 class OptionalText(fields.String):
     """Text where an empty value means "not set"."""
 
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str | None:
+    # The override ignore below: the point of this field is that empty text
+    # loads as None, which marshmallow's String does not declare.
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str | None:  # type: ignore[override]
         text = super()._deserialize(value, attr, data, **kwargs)
         return text.strip() or None
 
@@ -224,7 +227,8 @@ class Settings:
     )
     create_tables: bool = setting(Flag(load_default=True), "Create missing tables at start-up.")
     table_rotation: bool = setting(
-        Flag(load_default=False), "Monthly message-table rotation (legacy layout, docs/architecture.md#monthly-rotation)."
+        Flag(load_default=False),
+        "Monthly message-table rotation (legacy layout, docs/architecture.md#monthly-rotation).",
     )
     ddb_endpoint: str | None = setting(
         _text(), "DynamoDB endpoint override (local DynamoDB).", default_doc="AWS"
@@ -581,7 +585,8 @@ def _refuse_unknown(names: list[str], known: frozenset[str], where: str = "") ->
 
 def _read_ini(path: str) -> dict[str, str]:
     parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # keep the operator's spelling
+    # keep the operator's spelling (configparser's documented hook; typeshed types it as a method)
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
     if not parser.read(path):
         raise SettingsError(f"{CONFIG_FILE_VARIABLE}: cannot read {path}")
     if not parser.has_section(INI_SECTION):
@@ -701,7 +706,8 @@ def _check_public_tls(settings: Settings) -> None:
 def _load_public_tls(settings: Settings) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(certfile=settings.ssl_cert, keyfile=settings.ssl_key)
+        # the caller checked that both files are set
+        context.load_cert_chain(certfile=settings.ssl_cert or "", keyfile=settings.ssl_key)
     except (ssl.SSLError, ValueError) as error:
         raise SettingsError(
             "invalid setting AUTOPUSH_SSL_CERT/AUTOPUSH_SSL_KEY: not a PEM certificate "

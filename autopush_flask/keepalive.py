@@ -26,6 +26,7 @@ redirects.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -66,10 +67,8 @@ class _Connection:
         self.reused = False
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 class ConnectionPool:
@@ -147,7 +146,7 @@ class ConnectionPool:
             connection.sock.settimeout(_remaining(deadline))
             connection.sock.sendall(payload)
             return _read_response(reader, method)
-        except (TimeoutError, socket.timeout) as error:
+        except TimeoutError as error:
             raise HTTPTimeout(f"{self.host_header}: timed out") from error
         except OSError as error:
             if connection.reused and not reader.received:
@@ -279,7 +278,7 @@ def _read_head(reader: _Reader) -> tuple[str, int, dict[str, str]]:
 
 
 def _read_chunked(reader: _Reader) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     while True:
         size_line = reader.until(b"\r\n", MAX_HEAD_BYTES).split(b";", 1)[0].strip()
         try:

@@ -306,10 +306,7 @@ def escape_unsafe(text: str) -> str:
 def _human_value(value: Any) -> str:
     """Bare when unambiguous; else a JSON string, so spaces, quotes and control
     characters can neither split a ``k=v`` pair nor reach the terminal raw."""
-    if isinstance(value, str):
-        text = value
-    else:
-        text = json.dumps(value, default=str, separators=(",", ":"))
+    text = value if isinstance(value, str) else json.dumps(value, default=str, separators=(",", ":"))
     if text and not _NEEDS_QUOTES.search(text):
         return text
     return escape_unsafe(json.dumps(text, ensure_ascii=False))

@@ -1,4 +1,5 @@
-"""Every error a push, a registration or a delivery can end in, by name (docs/protocol.md#error-responses, docs/architecture.md#storage-errors).
+"""Every error a push, a registration or a delivery can end in, by name
+(docs/protocol.md#error-responses, docs/architecture.md#storage-errors).
 
 One catalogue for the endpoint's handlers and for the routers below them:
 a router must be able to refuse a message with the protocol's status and errno
@@ -54,14 +55,14 @@ def _bad_encoding(message: str) -> ErrorKind:
     return ErrorKind(400, 110, message)
 
 
-# ---- the push URL and its subscription (docs/protocol.md#push-endpoint-urls, docs/protocol.md#push) --------------------
+# ---- the push URL and its subscription (docs/protocol.md#push-endpoint-urls, docs/protocol.md#push) ----------------
 INVALID_ENDPOINT = ErrorKind(404, 102, "Invalid URL endpoint")
 EXPIRED_ENDPOINT = ErrorKind(410, 103, "Expired URL endpoint")
 ENDPOINT_UNAVAILABLE = ErrorKind(410, 105, "Endpoint became unavailable")
 GONE_DURING_REQUEST = ErrorKind(410, 105, "Endpoint became unavailable during request")
 NO_SUCH_SUBSCRIPTION = ErrorKind(410, 106, "No such subscription")
 
-# ---- authentication (docs/protocol.md#vapid, docs/protocol.md#bridge-registration) ---------------------------------------
+# ---- authentication (docs/protocol.md#vapid, docs/protocol.md#bridge-registration) ---------------------------------
 INVALID_AUTHENTICATION = _unauthorized("Invalid authentication")
 INVALID_VAPID = _unauthorized("Invalid authentication: {reason}")
 MISSING_AUTHORIZATION = _unauthorized("Missing Authorization header")

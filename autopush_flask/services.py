@@ -115,7 +115,7 @@ def _maintain_forever(storage: Storage, log: logging.Logger) -> None:
             storage.maintain()
         except StorageError as error:
             log.warning("storage failure", extra=log_fields(error=f"periodic duty: {error}"))
-        except Exception:  # noqa: BLE001 - tried again at the next round
+        except Exception:  # tried again at the next round
             log.exception("storage duty failed")
 
 

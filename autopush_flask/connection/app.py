@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+
 from flask import Flask
 
 from autopush_flask.config import Settings

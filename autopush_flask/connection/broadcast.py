@@ -69,8 +69,9 @@ class BroadcastRegistry:
         """Compare a client's ``broadcasts`` object with the node's versions.
 
         ``requested`` is untrusted client JSON, so nothing here may raise:
-        anything but a mapping subscribes to nothing; non-string ids are skipped (JSON object keys are always strings, so
-        only a non-JSON caller can produce them); a known id whose version is
+        anything but a mapping subscribes to nothing; non-string ids are
+        skipped (JSON object keys are always strings, so only a non-JSON
+        caller can produce them); a known id whose version is
         not a string counts as differing, so the client is sent the real
         version and subscribed; an unknown id is an error whatever its value.
         """

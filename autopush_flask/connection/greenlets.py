@@ -49,7 +49,7 @@ def _outcome(function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 def _logged(function: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     try:
         return function(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - nobody waits for this greenlet: say it once
+    except Exception:  # nobody waits for this greenlet: say it once
         log.exception("background task failed")
         return None
 

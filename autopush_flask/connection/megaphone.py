@@ -87,7 +87,7 @@ class MegaphonePoller:
         while True:
             try:
                 self.poll_once()
-            except Exception:  # noqa: BLE001 - broadcasts must keep updating
+            except Exception:  # broadcasts must keep updating
                 log.exception("Megaphone poller error")
             gevent.sleep(self.interval)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import gevent
@@ -21,9 +21,9 @@ from gevent.pywsgi import WSGIServer
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.broadcast import BroadcastRegistry
 from autopush_flask.connection.megaphone import MegaphonePoller
+from autopush_flask.connection.node_api import node_api_tls
 from autopush_flask.connection.registry import ClientRegistry
 from autopush_flask.connection.retries import RetryQueue
-from autopush_flask.connection.node_api import node_api_tls
 from autopush_flask.connection.session import NodeContext, SessionLimits
 from autopush_flask.connection.storage_ops import StorageOp, run_storage
 from autopush_flask.connection.transport import ClientConnection
@@ -171,7 +171,7 @@ class ConnectionNode:
             for connection in list(self.connections):
                 try:
                     connection.tick(now)
-                except Exception:  # noqa: BLE001 - one client must not stop the timers
+                except Exception:  # one client must not stop the timers
                     log.exception("timer failed")
 
     # ---- clients' lifecycle
@@ -186,7 +186,8 @@ class ConnectionNode:
 
     def identify(self, connection: ClientConnection) -> None:
         """Enter an identified client; a displaced duplicate is closed (docs/protocol.md#duplicate-connections)."""
-        loser = self.registry.register(connection.uaid, connection)
+        # Identify follows hello, which set the UAID
+        loser = self.registry.register(cast(str, connection.uaid), connection)
         if loser is not None:
             loser.evict(loser.connected_at)
 

@@ -33,8 +33,8 @@ from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import Schema, ValidationError, fields, validate
 
 from autopush_flask.config import Settings
-from autopush_flask.ids import canonical_uaid
 from autopush_flask.db import Notification
+from autopush_flask.ids import canonical_uaid
 from autopush_flask.node_auth import RouterAuthError
 
 NODE_KEY = "autopush_node"
@@ -86,7 +86,8 @@ def protect(api_app: Flask, limit: int, max_data: int, metrics: Any) -> None:
     """Install the gate and the body cap on the API app (see the module doc)."""
     api_app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(max_data)
     api_app.before_request(refuse_large_bodies)
-    api_app.wsgi_app = RequestGate(api_app.wsgi_app, limit, metrics)
+    # Flask's documented way to wrap the WSGI app; typeshed sees a method
+    api_app.wsgi_app = RequestGate(api_app.wsgi_app, limit, metrics)  # type: ignore[method-assign]
 
 
 def refuse_large_bodies() -> Response | None:

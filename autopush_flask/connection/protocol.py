@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from autopush_flask.crypto.endpoints import decode_app_server_key
 from autopush_flask.db.models import Notification
@@ -187,7 +187,7 @@ def app_server_key(key: Any) -> bytes | None:
     return decode_app_server_key(key)
 
 
-def is_canonical_uaid(value: Any) -> bool:
+def is_canonical_uaid(value: Any) -> TypeGuard[str]:
     """Only the exact simple form the server issues (docs/protocol.md#hello, docs/protocol.md#identifiers)."""
     return isinstance(value, str) and UAID_PATTERN.match(value) is not None
 

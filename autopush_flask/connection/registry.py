@@ -1,4 +1,7 @@
-"""The worker's table of identified clients, keyed by UAID (docs/protocol.md#session-states, docs/protocol.md#duplicate-connections)."""
+"""The worker's table of identified clients, keyed by UAID.
+
+docs/protocol.md#session-states, docs/protocol.md#duplicate-connections
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ class Client(Protocol):
 
     @property
     def connected_at(self) -> int: ...
+
+    def evict(self, connected_at: int) -> None: ...
 
 
 class ClientRegistry:

@@ -162,7 +162,7 @@ class RetryQueue:
             log.warning(f"{job.operation} failed", extra=log_fields(error=str(error), uaid_hash=job.uaid))
             report_given_up(self._metrics, job.operation, "refused", job.uaid, job.message_ids)
             return True
-        except Exception:  # noqa: BLE001 - a bug in one job must not stop the queue
+        except Exception:  # a bug in one job must not stop the queue
             log.exception("background task failed")
             report_given_up(self._metrics, job.operation, "error", job.uaid, job.message_ids)
             return True

@@ -4,9 +4,11 @@ Everything in this package is pure: no I/O, no clients, no module-level
 mutable state. Callers map the exceptions to HTTP/WebSocket errors.
 
 - ``base64url``: the lenient base64 reader and unpadded base64url writer (docs/protocol.md#identifiers)
-- ``keys``: the shared Fernet key set, ``CryptoKeys`` (docs/protocol.md#push-endpoint-urls, docs/protocol.md#push-response)
+- ``keys``: the shared Fernet key set, ``CryptoKeys``
+  (docs/protocol.md#push-endpoint-urls, docs/protocol.md#push-response)
 - ``endpoints``: push endpoint tokens and their app server key binding (docs/protocol.md#push-endpoint-urls)
-- ``message_ids``: the ids of stored messages, ``MessageId`` (docs/protocol.md#push-response, docs/protocol.md#message-cancel)
+- ``message_ids``: the ids of stored messages, ``MessageId``
+  (docs/protocol.md#push-response, docs/protocol.md#message-cancel)
 - ``crypto_key_header``: Crypto-Key / Encryption header parameters (docs/protocol.md#push-headers)
 - ``vapid``: VAPID authorization checks (docs/protocol.md#vapid)
 - ``bridge_secrets``: the secrets of bridged (native) registrations (docs/protocol.md#bridge-registration)

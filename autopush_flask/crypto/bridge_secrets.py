@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def make_bridge_secret(auth_key: str, uaid_hex: str) -> str:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-
-from autopush_flask.ids import channel_text, uaid_text
 from dataclasses import dataclass
 
 from autopush_flask.crypto.base64url import decode_base64_lenient
 from autopush_flask.crypto.keys import CryptoKeys, InvalidTokenError
+from autopush_flask.ids import channel_text, uaid_text
 
 V1_PLAINTEXT_LENGTH = 32
 V2_PLAINTEXT_LENGTH = 64

@@ -1,4 +1,5 @@
-"""Message ids (docs/protocol.md#push-response, docs/protocol.md#message-cancel): the opaque handle of one stored message.
+"""Message ids (docs/protocol.md#push-response, docs/protocol.md#message-cancel):
+the opaque handle of one stored message.
 
 An id names the row to delete or acknowledge, so it carries the UAID, the
 channel id and either the topic or the sort timestamp, encrypted under the
@@ -52,7 +53,8 @@ class MessageId:
         ids = (uuid.UUID(uaid), uuid.UUID(notification.channel_id))
         if notification.topic:
             return cls.for_topic(*ids, notification.topic)
-        return cls.for_timestamp(*ids, notification.sortkey_timestamp)
+        # None is refused by __post_init__, as for any id
+        return cls.for_timestamp(*ids, notification.sortkey_timestamp)  # type: ignore[arg-type]
 
     @property
     def uaid_text(self) -> str:
@@ -74,9 +76,10 @@ class MessageId:
     @property
     def sort_key(self) -> str:
         """Topic messages share one key so a newer one replaces the older."""
+        # __post_init__ makes sure each kind has its field
         if self.kind == "topic":
-            return topic_sort_key(str(self.channel_id), self.topic)
-        return timestamp_sort_key(self.sortkey_timestamp, str(self.channel_id))
+            return topic_sort_key(str(self.channel_id), self.topic)  # type: ignore[arg-type]
+        return timestamp_sort_key(self.sortkey_timestamp, str(self.channel_id))  # type: ignore[arg-type]
 
     @property
     def plaintext(self) -> str:

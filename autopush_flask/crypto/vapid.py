@@ -7,6 +7,7 @@ checks the ES256 signature with PyJWT and the claims here, and classifies
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -21,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import load_der_public_key
+from jwt.types import Options
 
 from autopush_flask.crypto.base64url import decode_base64_lenient, encode_base64url
 from autopush_flask.crypto.crypto_key_header import parse_crypto_params
@@ -32,7 +34,7 @@ _JWT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+=*$")
 
 # PyJWT only checks the signature; claim checks are ours so that errors are
 # exact and the types are strict (a numeric-string `exp` is rejected).
-_PYJWT_SIGNATURE_ONLY = {
+_PYJWT_SIGNATURE_ONLY: Options = {
     "verify_signature": True,
     "verify_exp": False,
     "verify_nbf": False,
@@ -284,10 +286,9 @@ class VapidVerifier:
     def _remember(self, cache_key: bytes, claims: dict[str, Any]) -> None:
         if self._accepted is None:
             return
-        try:
+        # ValueError: one entry larger than the whole budget, not kept
+        with contextlib.suppress(ValueError):
             self._accepted[cache_key] = {name: claims[name] for name in _REMEMBERED_CLAIMS}
-        except ValueError:  # one entry larger than the whole budget: not kept
-            pass
 
     def __len__(self) -> int:
         return len(self._accepted) if self._accepted is not None else 0

@@ -107,7 +107,8 @@ class Notification:
             return f"{self.channel_id}:{self.version}"
         if self.topic:
             return topic_sort_key(self.channel_id, self.topic)
-        return timestamp_sort_key(self.sortkey_timestamp, self.channel_id)
+        # set for every timestamp message (see the class doc)
+        return timestamp_sort_key(self.sortkey_timestamp, self.channel_id)  # type: ignore[arg-type]
 
     @property
     def deleted_on_ack(self) -> bool:

@@ -24,7 +24,8 @@ def preflight(storage: Storage) -> None:
     """Exercise each write once with a throw-away UAID, then remove it; raise ``StorageError`` on failure."""
     uaid = PREFLIGHT_UAID_PREFIX + secrets.token_hex(4)
     now = int(time.time())
-    user = storage.new_user(uaid, PREFLIGHT_NODE_ID, now * 1000)
+    connected_at = now * 1000
+    user = storage.new_user(uaid, PREFLIGHT_NODE_ID, connected_at)
     message = Notification(
         channel_id=str(uuid.uuid4()), version="preflight", ttl=60, timestamp=now,
         sortkey_timestamp=now * 1_000_000,
@@ -32,16 +33,16 @@ def preflight(storage: Storage) -> None:
     if not storage.add_user(user):
         raise StorageError("preflight: router record already existed", "add_user")
     try:
-        _exercise(storage, user, message)
+        _exercise(storage, user, message, connected_at)
     finally:
         storage.drop_user(uaid)
 
 
-def _exercise(storage: Storage, user: User, message: Notification) -> None:
+def _exercise(storage: Storage, user: User, message: Notification, connected_at: int) -> None:
     if storage.get_user(user.uaid) is None:
         raise StorageError("preflight: router record not readable", "get_user")
     storage.save_message(user, message)
     if not storage.delete_message(user, message.sort_key, message.version):
         raise StorageError("preflight: conditional message delete failed", "delete_message")
-    if not storage.remove_node_id(user.uaid, PREFLIGHT_NODE_ID, user.connected_at):
+    if not storage.remove_node_id(user.uaid, PREFLIGHT_NODE_ID, connected_at):
         raise StorageError("preflight: conditional node_id removal failed", "remove_node_id")

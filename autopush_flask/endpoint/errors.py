@@ -45,7 +45,7 @@ def authorization_header() -> str | None:
 
 
 def error_response(
-    status: int, errno: int | None, message: str, headers: dict[str, str] | None = None,
+    status: int, errno: int | None, message: str | None, headers: dict[str, str] | None = None,
     reason: str | None = None,
 ) -> Response:
     response = jsonify(
@@ -79,8 +79,9 @@ def install_error_handlers(app: Flask) -> None:
         message = "Page not found" if error.code == 404 else error.description
         errno = ERRNO_TOO_LARGE if error.code == 413 else None
         response = error_response(error.code or 500, errno, message)
-        if error.code == 405 and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
+        valid_methods = getattr(error, "valid_methods", None)  # set by MethodNotAllowed only
+        if error.code == 405 and valid_methods:
+            response.headers["Allow"] = ", ".join(valid_methods)
         return response
 
     @app.errorhandler(Exception)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from autopush_flask.crypto.message_ids import InvalidMessageIdError, MessageId
-from autopush_flask.push_errors import INVALID_MESSAGE_ID, PushError
 from autopush_flask.endpoint.state import endpoint_state
+from autopush_flask.push_errors import INVALID_MESSAGE_ID, PushError
 
 message = Blueprint("message", __name__)
 

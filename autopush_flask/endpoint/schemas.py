@@ -81,11 +81,18 @@ class PushHeadersSchema(Schema):
         data_key="Content-Encoding", load_default=None,
         metadata={"description": "Required with a body: aes128gcm (RFC 8291) or aesgcm (legacy)."},
     )
-    encryption = fields.String(data_key="Encryption", load_default=None, metadata={"description": "aesgcm only: salt=…"})
-    crypto_key = fields.String(data_key="Crypto-Key", load_default=None, metadata={"description": "aesgcm: dh=…; VAPID draft-01: p256ecdsa=…"})
+    encryption = fields.String(
+        data_key="Encryption", load_default=None, metadata={"description": "aesgcm only: salt=…"},
+    )
+    crypto_key = fields.String(
+        data_key="Crypto-Key", load_default=None, metadata={"description": "aesgcm: dh=…; VAPID draft-01: p256ecdsa=…"},
+    )
     authorization = fields.String(
         data_key="Authorization", load_default=None,
-        metadata={"description": "VAPID: 'vapid t=<JWT>, k=<key>' (or 'WebPush <JWT>' with Crypto-Key p256ecdsa). Required for /wpush/v2/."},
+        metadata={
+            "description": "VAPID: 'vapid t=<JWT>, k=<key>' (or 'WebPush <JWT>' with Crypto-Key p256ecdsa). "
+            "Required for /wpush/v2/."
+        },
     )
 
     @pre_load
@@ -96,7 +103,9 @@ class PushHeadersSchema(Schema):
 
 
 class PushPathSchema(Schema):
-    api_version = fields.String(validate=validate.OneOf(["v1", "v2"]), metadata={"description": "v2 endpoints are bound to a VAPID key"})
+    api_version = fields.String(
+        validate=validate.OneOf(["v1", "v2"]), metadata={"description": "v2 endpoints are bound to a VAPID key"},
+    )
     token = fields.String(metadata={"description": "Opaque endpoint token"})
 
 
@@ -115,7 +124,8 @@ class SubscriptionSchema(Schema):
 
 
 class RegistrationSchema(SubscriptionSchema):
-    """A bridge registration or token update body (docs/protocol.md#bridge-registration); the router validates ``token``."""
+    """A bridge registration or token update body (docs/protocol.md#bridge-registration);
+    the router validates ``token``."""
 
     token = fields.String(required=True, metadata={"description": "Device token: 8+ characters, no spaces"})
     aps = fields.Raw(load_default=None, metadata={"description": "APNs only: aps object (or JSON text)"})
@@ -155,7 +165,7 @@ def parse_push_headers(headers: Any, has_body: bool, max_ttl: int) -> PushHeader
     return PushHeaders(min(values["ttl"], max_ttl), values["topic"], crypto_headers)
 
 
-_HEADER_NAMES = [field.data_key for field in PUSH_HEADERS.fields.values()]
+_HEADER_NAMES = [field.data_key or name for name, field in PUSH_HEADERS.fields.items()]
 
 
 def _params(header: str | None) -> list[dict[str, str]] | None:

@@ -178,6 +178,7 @@ def _count_success(
     metrics.increment("notification.message.success", tags=tags)
     if size:
         metrics.increment("notification.message_data", size, tags={"destination": destination})
+    if size and headers.crypto_headers:  # a body always comes with its crypto headers
         metrics.increment(f"updates.notification.encoding.{headers.crypto_headers['encoding']}")
     log.debug(
         "Successful delivery" if destination == DIRECT else "Router miss, message stored.",

@@ -40,7 +40,8 @@ class BridgeRouter(Deliverer, Protocol):
     """A bridge: registration data validation plus delivery through the platform."""
 
     def router_data(self, app_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Validate a registration/token-update body into stored ``router_data`` (docs/protocol.md#bridge-registration)."""
+        """Validate a registration/token-update body into stored ``router_data``
+        (docs/protocol.md#bridge-registration)."""
         ...
 
 

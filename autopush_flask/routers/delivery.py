@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.crypto.message_ids import MessageId
 from autopush_flask.db import Notification, User
 from autopush_flask.db.models import SortKeyClock
-
 
 # Destination labels: the ``destination`` tag of the success metrics.
 DIRECT = "Direct"  # taken by the browser's node or the mobile platform
@@ -81,5 +80,6 @@ class Dispatcher:
     def dispatch(self, user: User, notification: Notification) -> Delivery:
         """The one stamp the message keeps, delivered or stored (see ``MessageStamper``)."""
         self._stamper.stamp(user.uaid, notification)
-        destination = self._deliverers[user.router_type].route(user, notification)
+        # the endpoint accepts only records of a known router type (endpoint/webpush.py)
+        destination = self._deliverers[cast(str, user.router_type)].route(user, notification)
         return Delivery(destination, notification.version)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from autopush_flask.db import Notification, Storage, StorageError, User
 from autopush_flask.keepalive import HTTPFailure, HTTPTimeout, PoolManager
@@ -96,7 +96,8 @@ class WebPushRouter:
         so nothing but this request lies between the stamp and the write.
         """
         try:
-            status = self._put(user.node_id, f"/push/{user.uaid}", _node_payload(notification))
+            # only called for a user with a node_id (``route``)
+            status = self._put(cast(str, user.node_id), f"/push/{user.uaid}", _node_payload(notification))
         except NodeUnreachable:
             return None
         self._metrics.increment("notification.direct.delivery_status", tags={"status": status})

@@ -4,8 +4,10 @@
 
 - ``hello.py``: identifying the client (docs/protocol.md#hello)
 - ``registration.py``: register and unregister (docs/protocol.md#register, docs/protocol.md#unregister)
-- ``delivery.py``: direct delivery, acks and nacks, storing what is unacked (docs/protocol.md#ack, docs/protocol.md#nack, docs/protocol.md#direct-notifications)
-- ``drain.py``: stored delivery, the bookmark, migration (docs/protocol.md#stored-messages, docs/architecture.md#monthly-rotation)
+- ``delivery.py``: direct delivery, acks and nacks, storing what is unacked
+  (docs/protocol.md#ack, docs/protocol.md#nack, docs/protocol.md#direct-notifications)
+- ``drain.py``: stored delivery, the bookmark, migration
+  (docs/protocol.md#stored-messages, docs/architecture.md#monthly-rotation)
 - ``base.py``: the shared state, the node context and the steps all of them use
 """
 

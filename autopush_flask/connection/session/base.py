@@ -1,4 +1,5 @@
-"""A session's state, and the steps every part of the protocol uses (docs/architecture.md#the-session-generators-of-effects).
+"""A session's state, and the steps every part of the protocol uses
+(docs/architecture.md#the-session-generators-of-effects).
 
 The protocol is split along the protocol's sections into mixins of
 ``SessionBase`` (``hello``, ``registration``, ``delivery``, ``drain``),
@@ -16,7 +17,7 @@ import time
 from array import array
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autopush_flask.config import Settings
 from autopush_flask.connection.broadcast import BroadcastRegistry
@@ -184,6 +185,24 @@ class SessionBase:
         # When the register rate allows the next register (see ``_register_allowed``).
         self.register_credit = 0.0
 
+    # The steps below are for parts of the protocol past hello, where the
+    # client has its UAID and router record; the casts only tell mypy so.
+    @property
+    def known_uaid(self) -> str:
+        return cast(str, self.uaid)
+
+    @property
+    def known_user(self) -> User:
+        return cast(User, self.user)
+
+    if TYPE_CHECKING:
+        # Steps one mixin takes from another; ``Session`` (core.py) has them all.
+        def _after_acks(self) -> Effects: ...
+
+        def _start_drain(self) -> Effects: ...
+
+        def _delete_stored(self, notification: Notification, retry: bool = True) -> Generator[Any, Any, bool]: ...
+
     def note_disconnect_reason(self, reason: str) -> None:
         """The transport ended the connection itself (e.g. a write missed its deadline)."""
         self.disconnect_reason = self.disconnect_reason or reason
@@ -200,7 +219,8 @@ class SessionBase:
         self, op: StorageOp, retry_until: float | None = None,
         message_ids: tuple[str, ...] = (), notify: bool = False,
     ) -> Generator[Any, Any, bool]:
-        """Storage writes whose failure is logged, not fatal (docs/architecture.md#storage-errors); ``True`` if it landed.
+        """Storage writes whose failure is logged, not fatal (docs/architecture.md#storage-errors);
+        ``True`` if it landed.
 
         With ``retry_until`` (wall-clock seconds) a failed write goes to the
         worker's retry queue rather than being forgotten (see ``Retry``).

@@ -1,4 +1,5 @@
-"""``Session``: one WebSocket client's protocol state, without I/O (docs/architecture.md#the-session-generators-of-effects).
+"""``Session``: one WebSocket client's protocol state, without I/O
+(docs/architecture.md#the-session-generators-of-effects).
 
 Every handler is a generator of effects (``effects.py``, ``storage_ops.py``):
 the transport performs them and feeds results back, one handler at a time
@@ -11,7 +12,7 @@ parts of the protocol are the mixins ``Session`` is composed of.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import assert_never
+from typing import Any, assert_never
 
 from autopush_flask.connection.effects import PingFrame, Send
 from autopush_flask.connection.protocol import (
@@ -57,7 +58,10 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
         return self.state == IDENTIFIED
 
     def on_text(self, text: str) -> Effects:
-        """Dispatch one text frame (docs/protocol.md#session-states, docs/protocol.md#messages, docs/protocol.md#close-codes)."""
+        """Dispatch one text frame.
+
+        docs/protocol.md#session-states, docs/protocol.md#messages, docs/protocol.md#close-codes
+        """
         try:
             message = parse_client_message(text)
         except ProtocolError as error:
@@ -115,7 +119,10 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
             yield from self._close(CLOSE_NORMAL, "Terminated duplicate")
 
     def on_auto_ping(self) -> Effects:
-        """Each auto-ping tick: a pending broadcast, else a ping frame (docs/protocol.md#broadcast, docs/protocol.md#limits-and-timeouts)."""
+        """Each auto-ping tick: a pending broadcast, else a ping frame.
+
+        docs/protocol.md#broadcast, docs/protocol.md#limits-and-timeouts
+        """
         if self.state != IDENTIFIED:
             return
         changes = self._pending_broadcasts()
@@ -148,7 +155,8 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
         self._log_session()
 
     # ------------------------------------------------------------------
-    # An identified client's messages; ping and broadcasts (docs/protocol.md#ping, docs/protocol.md#broadcast, docs/protocol.md#close-codes)
+    # An identified client's messages; ping and broadcasts
+    # (docs/protocol.md#ping, docs/protocol.md#broadcast, docs/protocol.md#close-codes)
 
     def _dispatch(self, message: ClientMessage | None) -> Effects:
         """``None``: an unknown ``messageType``."""
@@ -187,7 +195,7 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
         check = self.ctx.broadcasts.subscribe(message.broadcasts)
         changes = {**self._pending_broadcasts(), **check.changed}
         self.broadcast_subs.update(check.subscribed)
-        payload = dict(changes)
+        payload: dict[str, Any] = dict(changes)
         if check.errors:
             payload["errors"] = dict(check.errors)
         if payload:

@@ -1,4 +1,5 @@
-"""Direct delivery and acknowledgements (docs/protocol.md#ack, docs/protocol.md#nack, docs/protocol.md#direct-notifications).
+"""Direct delivery and acknowledgements
+(docs/protocol.md#ack, docs/protocol.md#nack, docs/protocol.md#direct-notifications).
 
 What the session holds unacknowledged, what it stores when the client
 leaves, and deleting stored copies once they are acknowledged.
@@ -77,7 +78,7 @@ class DeliveryMixin(SessionBase):
         A delete that fails is retried in the background until the message expires.
         """
         updateid = None if notification.legacy else notification.version
-        store_key, user = notification.sort_key, self.user
+        store_key, user = notification.sort_key, self.known_user
         retry_until = notification.timestamp + notification.ttl if retry else None
         op = DeleteMessage(user, store_key, updateid)
         return (yield from self._best_effort(op, retry_until, (notification.version,)))
@@ -105,7 +106,7 @@ class DeliveryMixin(SessionBase):
         ]
         if not pending or self.uaid is None or self.pending_user is not None:
             return
-        uaid, user = self.uaid, self.user
+        uaid, user = self.uaid, self.known_user
         stored = yield from self._best_effort(
             SaveLateMessages(user, tuple(pending)),
             retry_until=max(n.timestamp + n.ttl for n in pending),
@@ -144,7 +145,7 @@ class DeliveryMixin(SessionBase):
             message_id = None
         if (
             message_id is not None and message_id.kind == "timestamp"
-            and message_id.names(self.uaid, notification.channel_id)
+            and message_id.names(self.known_uaid, notification.channel_id)
         ):
             stamp = message_id.sortkey_timestamp
         else:

@@ -76,7 +76,7 @@ class DrainMixin(SessionBase):
 
     def _fetch_batch(self) -> Generator[Any, Any, list[Notification] | None]:
         """The next batch of the current phase; ``None`` when storage is drained."""
-        user = self.user
+        user = self.known_user
         if self.include_topic:
             bookmark, messages = yield FetchTopicMessages(user)
             if self.cursor is None:
@@ -173,12 +173,12 @@ class DrainMixin(SessionBase):
         expected = self.stored_bookmark
         if expected is not None and target <= expected:
             return
-        op = AdvanceBookmark(self.user, expected, target)
+        op = AdvanceBookmark(self.known_user, expected, target)
         try:
             moved = yield op
         except StorageError as error:
             self._log_failure(op.name, error)
-            yield Retry(op, self.ctx.clock() + BOOKMARK_RETRY_SECONDS, self.uaid)
+            yield Retry(op, self.ctx.clock() + BOOKMARK_RETRY_SECONDS, self.known_uaid)
             return
         if moved:
             self.stored_bookmark = target
@@ -199,7 +199,7 @@ class DrainMixin(SessionBase):
     def _reset_user(self, reason: str) -> Effects:
         """Drop the UAID; the client reconnects and is given a new one."""
         self.ctx.metrics.increment("ua.expiration", tags={"reason": reason})
-        yield from self._best_effort(DropUser(self.uaid))
+        yield from self._best_effort(DropUser(self.known_uaid))
         self.disconnect_reason = reason
         yield from self._close(CLOSE_NORMAL, "uaid reset")
 
@@ -210,7 +210,7 @@ class DrainMixin(SessionBase):
         place, which this session no longer reads: the store carries such
         messages over (same keys and versions), and they are drained.
         """
-        user, bookmark = self.user, self.stored_bookmark
+        user, bookmark = self.known_user, self.stored_bookmark
         try:
             moved, carried = yield MigrateUser(user, bookmark)
         except StorageThrottled:

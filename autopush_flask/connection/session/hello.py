@@ -67,7 +67,7 @@ class HelloMixin(SessionBase):
     def _claim_user(self, user: User) -> Generator[Any, Any, bool]:
         """Point the record at this node, unless a newer connection holds it."""
         now = self.connected_at
-        if user.connected_at > now:
+        if user.connected_at > now:  # type: ignore[operator]  # _returning_user drops records without it
             yield from self._already_connected()
             return False
         node_id = self.ctx.node_id
@@ -103,7 +103,7 @@ class HelloMixin(SessionBase):
         check = self.ctx.broadcasts.subscribe(message.broadcasts)
         self.broadcast_subs = dict(check.subscribed)
         self.broadcast_seen = self.ctx.broadcasts.change_count
-        reply = {
+        reply: dict[str, Any] = {
             "messageType": "hello",
             "uaid": self.uaid,
             "status": 200,

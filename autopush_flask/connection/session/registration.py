@@ -29,7 +29,7 @@ class RegistrationMixin(SessionBase):
                 yield Send(error_reply("register", TOO_MANY_CHANNELS, "too many channels", channel_id))
                 return
             yield from self._create_pending_user()
-            user = self.user
+            user = self.known_user
             yield AddChannel(user, channel_id)
             yield from self._best_effort(RefreshUser(user))
         except StorageThrottled:
@@ -74,12 +74,13 @@ class RegistrationMixin(SessionBase):
         """
         if self.pending_user is not None:
             return True  # a new user's first register: no channels yet
-        user = self.user
+        user = self.known_user
         channels = yield GetChannels(user)
         return channel_id in channels or len(channels) < self.ctx.limits.max_channels
 
     def _create_pending_user(self) -> Effects:
-        """The router record of a new user is written by its first register (docs/architecture.md#records-and-messages)."""
+        """The router record of a new user is written by its first register
+        (docs/architecture.md#records-and-messages)."""
         if self.pending_user is None:
             return
         user = self.pending_user
@@ -92,7 +93,7 @@ class RegistrationMixin(SessionBase):
         channel_id, sent, code = message.channel_id, message.sent, message.code
         self._forget_channel(channel_id)
         try:
-            user = self.user
+            user = self.known_user
             yield RemoveChannel(user, channel_id)
         except StorageError as error:
             log.warning("unregister failed", extra=log_fields(error=str(error), uaid_hash=self.uaid))

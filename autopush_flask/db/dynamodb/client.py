@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import functools
 import random
+import ssl
 import time
 from collections.abc import Callable
-from typing import Any
-
-import ssl
+from typing import Any, Protocol
 
 import boto3
 import botocore.session
@@ -24,8 +23,8 @@ from botocore.config import Config
 from botocore.httpsession import where as default_ca_bundle
 
 from autopush_flask import __version__
-from autopush_flask.db.errors import StorageError, map_error
 from autopush_flask.db.dynamodb.wire import ITEM_OPERATIONS, ItemClient
+from autopush_flask.db.errors import StorageError, map_error
 from autopush_flask.keepalive import ConnectionPool
 
 DEFAULT_REGION = "us-east-1"
@@ -35,6 +34,12 @@ MAX_POOL_CONNECTIONS = 100
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 10.0
 USER_AGENT = f"autopush-flask/{__version__}"
+
+
+class DynamoCalls(Protocol):
+    """What the stores use of a client: ``DynamoDB``, or the start-up ``ItemGate`` in front of it."""
+
+    def call(self, operation: str, **kwargs: Any) -> dict: ...
 
 
 class DynamoDB:

@@ -16,7 +16,6 @@ from autopush_flask.db import MIN_MONTHS_KEPT
 from autopush_flask.db.dynamodb.rotation import month_shift, monthly_table_name, table_month
 from autopush_flask.db.dynamodb.tables import TableAdmin, TableInfo
 
-
 Capacity = tuple[int, int]
 
 
@@ -56,7 +55,7 @@ def message_line(admin: TableAdmin, name: str, capacity: Capacity) -> str:
 
 
 def provisioned(info: TableInfo | None) -> Capacity | None:
-    if info is None or info.on_demand:
+    if info is None or info.read_capacity is None or info.write_capacity is None:  # absent or on demand
         return None
     return info.read_capacity, info.write_capacity
 
@@ -69,7 +68,7 @@ def next_month_line(admin: TableAdmin, name: str, source: TableInfo | None, conf
         return f"{name}: created ({read}/{write}), {ttl_status(admin, name)}"
     info = admin.describe(name)
     current = provisioned(info)
-    if wanted is None or current is None or current == wanted:
+    if source is None or wanted is None or current is None or current == wanted:
         return f"{name}: exists, {describe_status(info)}, {ttl_status(admin, name)}"
     admin.wait_active(name)
     admin.update_capacity(name, *wanted)

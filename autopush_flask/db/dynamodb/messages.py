@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from autopush_flask.db.dynamodb.attributes import StringSet, from_item, to_attribute, to_item
-from autopush_flask.db.dynamodb.client import DynamoDB
+from autopush_flask.db.dynamodb.client import DynamoCalls
 from autopush_flask.db.errors import ConditionFailed, StorageUnavailable
 from autopush_flask.db.models import (
     CHANNEL_LIST_KEY,
@@ -31,7 +32,7 @@ class MessageStore:
 
     def __init__(
         self,
-        db: DynamoDB,
+        db: DynamoCalls,
         table: str,
         metrics: Any,
         clock: Callable[[], float] = time.time,
@@ -97,13 +98,14 @@ class MessageStore:
     def save_channels(self, uaid: str, channel_ids: Iterable[str]) -> None:
         """Rotation-mode migration: overwrite the channel list in this table."""
         chids = StringSet(channel_ids)
-        item = {"uaid": uaid, "chidmessageid": CHANNEL_LIST_KEY, "chids": chids or None}
+        item: dict[str, object] = {"uaid": uaid, "chidmessageid": CHANNEL_LIST_KEY, "chids": chids or None}
         item["expiry"] = int(self._clock()) + THIRTY_DAYS
         self._db.call("put_item", TableName=self.table, Item=to_item(item))
 
     def touch_channels(self, uaid: str) -> None:
         """Keep a connected user's subscriptions from expiring (docs/architecture.md#dynamodb)."""
-        try:
+        # ConditionFailed: no channel list (yet), nothing to keep
+        with contextlib.suppress(ConditionFailed):
             self._db.call(
                 "update_item",
                 TableName=self.table,
@@ -112,8 +114,6 @@ class MessageStore:
                 ConditionExpression="attribute_exists(uaid)",
                 ExpressionAttributeValues={":expiry": self._expiry(THIRTY_DAYS)},
             )
-        except ConditionFailed:
-            pass
 
     def update_bookmark(self, uaid: str, sortkey_timestamp: int) -> None:
         self._db.call(

@@ -1,4 +1,5 @@
-"""Which message tables exist: one fixed table, or one per month (docs/architecture.md#dynamodb, docs/architecture.md#monthly-rotation).
+"""Which message tables exist: one fixed table, or one per month
+(docs/architecture.md#dynamodb, docs/architecture.md#monthly-rotation).
 
 In rotation mode every node keeps a list of known monthly tables and a
 "current" table, refreshed every 60 seconds; a router record's

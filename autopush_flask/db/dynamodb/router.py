@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autopush_flask.db.dynamodb.attributes import from_item, to_attribute, to_item
-from autopush_flask.db.dynamodb.client import DynamoDB
+from autopush_flask.db.dynamodb.client import DynamoCalls
 from autopush_flask.db.errors import ConditionFailed
 from autopush_flask.db.models import User
 
@@ -34,7 +34,7 @@ class RouterStore:
     """
 
     def __init__(
-        self, db: DynamoDB, table: str, lifetime: int, clock: Callable[[], float] = time.time
+        self, db: DynamoCalls, table: str, lifetime: int, clock: Callable[[], float] = time.time
     ) -> None:
         self._db = db
         self.table = table

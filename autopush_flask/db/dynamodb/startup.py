@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from autopush_flask.db.dynamodb.client import DynamoDB
-from autopush_flask.db.errors import StorageUnavailable
 from autopush_flask.db.dynamodb.wire import ITEM_OPERATIONS
+from autopush_flask.db.errors import StorageUnavailable
 
 
 class ItemGate:
@@ -37,7 +37,8 @@ class ItemGate:
         return "call" in vars(self)
 
     def open(self) -> None:
-        self.call = self._db.call  # an instance attribute: shadows the gated method below
+        # an instance attribute: shadows the gated method below
+        self.call = self._db.call  # type: ignore[method-assign]
 
     def call(self, operation: str, **kwargs: Any) -> dict:
         if operation in ITEM_OPERATIONS:

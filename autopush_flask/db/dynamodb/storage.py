@@ -143,7 +143,7 @@ class DynamoStorage:
 
     # ---- router records
 
-    def new_user(self, uaid: str, node_id: str | None, connected_at: int, **fields: object) -> User:
+    def new_user(self, uaid: str, node_id: str | None, connected_at: int, **fields: Any) -> User:
         user = User(uaid=uaid, node_id=node_id, connected_at=connected_at, record_version=1, **fields)
         if self.rotation:
             user.current_month = self.tables.current
@@ -217,7 +217,8 @@ class DynamoStorage:
         return self.rotation and self._table_of(user) != self.tables.current
 
     def migrate_user(self, user: User, bookmark: int | None) -> tuple[User, bool]:
-        """Move a returning user of an older month into the current table (docs/architecture.md#monthly-rotation rule 4).
+        """Move a returning user of an older month into the current table
+        (docs/architecture.md#monthly-rotation rule 4).
 
         Channels first, then the record, so an endpoint that reads the new
         month finds the channels there. What an endpoint stored in the old

@@ -1,4 +1,7 @@
-"""Table management: creation, TTL, capacity and listing (docs/architecture.md#dynamodb, docs/architecture.md#start-up, docs/operations.md#operations-tools)."""
+"""Table management: creation, TTL, capacity and listing.
+
+docs/architecture.md#dynamodb, docs/architecture.md#start-up, docs/operations.md#operations-tools
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from autopush_flask.db.dynamodb.client import DynamoDB
+from autopush_flask.db.dynamodb.client import DynamoCalls
 from autopush_flask.db.errors import StorageError, TableMissing, UnknownOperation
 
 log = logging.getLogger("autopush.db")
@@ -46,7 +49,7 @@ MESSAGE_KEYS = {
 
 
 class TableAdmin:
-    def __init__(self, db: DynamoDB) -> None:
+    def __init__(self, db: DynamoCalls) -> None:
         self._db = db
 
     def describe(self, name: str) -> TableInfo | None:

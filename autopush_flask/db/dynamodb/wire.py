@@ -100,7 +100,7 @@ class ItemClient:
         region: str,
         credentials: Any,
         user_agent: str,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._pool = pool
         self._signer = SigV4Signer(region, pool.host_header)

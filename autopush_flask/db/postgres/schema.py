@@ -26,7 +26,7 @@ Why the columns are what they are:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -86,7 +86,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
-def current_version(connection: psycopg.Connection) -> int:
+def current_version(connection: psycopg.Connection[Any]) -> int:
     """The highest applied migration; 0 for a schema never migrated."""
     row = connection.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present").fetchone()
     if not _value(row, "present"):
@@ -109,7 +109,7 @@ def planned_statements(version: int) -> list[tuple[Migration, list[str]]]:
     ]
 
 
-def apply(connection: psycopg.Connection, migration: Migration) -> bool:
+def apply(connection: psycopg.Connection[Any], migration: Migration) -> bool:
     """Apply one migration unless another worker did; ``True`` if this call applied it.
 
     ``connection`` must be in autocommit mode: the migration opens its own
@@ -127,7 +127,7 @@ def apply(connection: psycopg.Connection, migration: Migration) -> bool:
     return True
 
 
-def _value(row: object, name: str) -> object:
+def _value(row: object, name: str) -> Any:
     """A column of a row from a dict- or tuple-returning cursor."""
     if isinstance(row, dict):
         return row[name]

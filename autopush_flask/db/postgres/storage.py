@@ -123,7 +123,7 @@ class _Link:
 
         class ObservedConnection(psycopg.Connection):
             @classmethod
-            def connect(cls, *args: Any, **kwargs: Any) -> ObservedConnection:  # type: ignore[override]
+            def connect(cls, *args: Any, **kwargs: Any) -> ObservedConnection:
                 try:
                     connection = super().connect(*args, **kwargs)
                 except psycopg.Error as error:
@@ -198,7 +198,7 @@ class PostgresStorage:
         return self._pool
 
     @contextmanager
-    def _connection(self, operation: str, data: bool = True) -> Iterator[psycopg.Connection]:
+    def _connection(self, operation: str, data: bool = True) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection for one operation; psycopg errors leave as ``StorageError``."""
         if data and self._gated and not self._ready:
             raise StorageUnavailable(f"{operation}: store not set up yet", operation, "NotReady")
@@ -302,7 +302,7 @@ class PostgresStorage:
             return
         self._next_purge = now + interval
         with self._connection("purge_expired", data=False) as connection:
-            if not connection.execute("SELECT pg_try_advisory_lock(%s) AS locked", (PURGE_LOCK,)).fetchone()["locked"]:
+            if not _only_row(connection.execute("SELECT pg_try_advisory_lock(%s) AS locked", (PURGE_LOCK,)))["locked"]:
                 return
             try:
                 self._purge_tables(connection)
@@ -348,10 +348,7 @@ class PostgresStorage:
 
     def _purge_report(self, dry_run: bool) -> Iterator[str]:
         with self._connection("purge_expired", data=False) as connection:
-            if dry_run:
-                counts = self._count_expired(connection)
-            else:
-                counts = self._purge_tables(connection)
+            counts = self._count_expired(connection) if dry_run else self._purge_tables(connection)
         verb = "would delete" if dry_run else "deleted"
         for table, count in counts.items():
             yield f"purge: {verb} {count} expired rows from {table}"
@@ -360,11 +357,11 @@ class PostgresStorage:
         with self._connection("purge_expired", data=False) as connection:
             return sum(self._purge_tables(connection).values())
 
-    def _purge_tables(self, connection: psycopg.Connection) -> dict[str, int]:
+    def _purge_tables(self, connection: psycopg.Connection[Any]) -> dict[str, int]:
         now = self._now()
         return {table: self._purge_table(connection, table, now) for table in PURGED_TABLES}
 
-    def _purge_table(self, connection: psycopg.Connection, table: str, now: int) -> int:
+    def _purge_table(self, connection: psycopg.Connection[Any], table: str, now: int) -> int:
         """Delete in batches of ``purge_batch_rows`` until a batch comes back short.
 
         A short batch may also mean rows were locked by writes: they go next time.
@@ -377,12 +374,12 @@ class PostgresStorage:
             if deleted < batch:
                 return total
 
-    def _count_expired(self, connection: psycopg.Connection) -> dict[str, int]:
+    def _count_expired(self, connection: psycopg.Connection[Any]) -> dict[str, int]:
         now = self._now()
         return {
-            table: connection.execute(
-                sql.SQL(COUNT_EXPIRED).format(table=sql.Identifier(table)), {"now": now}
-            ).fetchone()["expired"]
+            table: _only_row(
+                connection.execute(sql.SQL(COUNT_EXPIRED).format(table=sql.Identifier(table)), {"now": now})
+            )["expired"]
             for table in PURGED_TABLES
         }
 
@@ -413,7 +410,7 @@ class PostgresStorage:
         Only what a hello changes is written (like the DynamoDB update):
         anything else written meanwhile, a bridge token say, stays.
         """
-        values = {"router_type": WEBPUSH, "node_id": node_id, "connected_at": connected_at,
+        values: dict[str, Any] = {"router_type": WEBPUSH, "node_id": node_id, "connected_at": connected_at,
                   "expiry": self._router_expiry()}
         query = sql.SQL(CLAIM_USER).format(
             columns=columns(ROUTER_COLUMNS),
@@ -437,7 +434,7 @@ class PostgresStorage:
     def refresh_user(self, user: User) -> None:
         if not user.due_for_refresh(self._now(), self._settings.router_ttl_days * DAY_SECONDS):
             return
-        params = {"uaid": user.uaid, "expiry": self._router_expiry(), "now": self._now()}
+        params: dict[str, Any] = {"uaid": user.uaid, "expiry": self._router_expiry(), "now": self._now()}
         self._execute("refresh_user", REFRESH_USER, params)
         user.expiry = params["expiry"]
 
@@ -550,6 +547,14 @@ class PostgresStorage:
         return parse_notifications(rows, self._metrics)
 
 
+def _only_row(cursor: psycopg.Cursor[Any]) -> Any:
+    """The row of a query that always returns exactly one (an aggregate, a function call)."""
+    row = cursor.fetchone()
+    if row is None:  # a psycopg.Error, so it leaves ``_connection`` as a StorageError
+        raise psycopg.InterfaceError("expected one row, got none")
+    return row
+
+
 def _connection_options(url: str) -> dict[str, Any]:
     """Autocommit, dict rows, and connect and statement timeouts unless the URL sets its own.
 
@@ -566,7 +571,7 @@ def _connection_options(url: str) -> dict[str, Any]:
         options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if "application_name" not in given:
         options["application_name"] = "autopush-flask"
-    given_options = given.get("options", "")
+    given_options = str(given.get("options") or "")
     if "statement_timeout" not in given_options:
         options["options"] = f"{given_options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
     return options

@@ -149,7 +149,8 @@ def _headers(channel: ApnsChannel, notification: Notification) -> dict[str, str]
 
 
 def _parse_aps(value: Any) -> dict | None:
-    """An object, or a string holding one (docs/protocol.md#bridge-registration), that can be stored and sent; else ``None``.
+    """An object, or a string holding one (docs/protocol.md#bridge-registration),
+    that can be stored and sent; else ``None``.
 
     ``aps`` comes from the client: a deep one would otherwise raise
     RecursionError while stored or serialised (a 500), NaN or a lone
