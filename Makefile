@@ -4,21 +4,44 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test fuzz soak run clean docs version.json
+.PHONY: install lint lock test fuzz soak run clean docs version.json
 
 install: $(VENV)/.installed node_modules/.installed version.json
 
 version.json: $(VENV)/.installed
 	$(VPY) scripts/write-version-json
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The locked files carry a hash for every package, so pip refuses anything
+# else; then the package itself, editable and without dependencies (those came
+# locked), for its metadata and the autopush-* console scripts. Its build
+# backend is the locked setuptools from requirements-dev.txt.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.txt -r requirements-dev.txt
+	$(VPY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# ruff and mypy read their settings from pyproject.toml. `ruff format` is not
+# run yet (see [tool.ruff.format] there).
+lint: install
+	$(VENV)/bin/ruff check autopush_flask
+	$(VENV)/bin/mypy
+
+# Re-lock after editing requirements.in or requirements-dev.in: pins every
+# package with its hashes, keeping the pins already in the .txt files unless the
+# .in files need others (`make lock LOCK_ARGS=--upgrade` moves everything to the
+# newest release). The dev lock is constrained by the runtime one, so a
+# package both need gets one version.
+LOCK_ARGS ?=
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(VPY) -m piptools compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host $(LOCK_ARGS)
+lock: install
+	$(PIP_COMPILE) --output-file requirements.txt requirements.in
+	$(PIP_COMPILE) --output-file requirements-dev.txt requirements-dev.in
 
 # pytest exits 5 when it collected nothing: that must fail the build too.
 test: install
