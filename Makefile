@@ -25,10 +25,10 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# ruff and mypy read their settings from pyproject.toml. `ruff format` is not
-# run yet (see [tool.ruff.format] there).
+# ruff and mypy read their settings from pyproject.toml.
 lint: install
 	$(VENV)/bin/ruff check autopush_flask
+	$(VENV)/bin/ruff format --check autopush_flask
 	$(VENV)/bin/mypy
 
 # Re-lock after editing requirements.in or requirements-dev.in: pins every

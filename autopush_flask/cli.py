@@ -103,7 +103,8 @@ def store_description(settings: Settings) -> tuple[str, str]:
 )
 @click.option("--dry-run", is_flag=True, help="PostgreSQL: print the SQL that would run; change nothing.")
 @click.option(
-    "--purge-expired", is_flag=True,
+    "--purge-expired",
+    is_flag=True,
     help="PostgreSQL: also delete expired records and messages now (DynamoDB's TTL does it by itself).",
 )
 def maintain_tables(drop_older_than: int | None, dry_run: bool, purge_expired: bool) -> None:

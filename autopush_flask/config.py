@@ -164,13 +164,9 @@ POSITIVE_SECONDS = validate.Range(min=0, min_inclusive=False)
 # --------------------------------------------------------------------------
 
 
-def setting(
-    field: fields.Field, doc: str, scope: str = "both", default_doc: str | None = None
-) -> Any:
+def setting(field: fields.Field, doc: str, scope: str = "both", default_doc: str | None = None) -> Any:
     """Declare one setting: its marshmallow field, README text and node scope."""
-    return dataclasses.field(
-        metadata={"field": field, "doc": doc, "scope": scope, "default_doc": default_doc}
-    )
+    return dataclasses.field(metadata={"field": field, "doc": doc, "scope": scope, "default_doc": default_doc})
 
 
 def _text(default: str | None = None, **kwargs: Any) -> fields.Field:
@@ -192,16 +188,12 @@ class Settings:
     )
     env: str = setting(_text("development"), "Environment name, echoed as `env` in the hello reply.")
     hostname: str = setting(_text(), "Name this node announces.", default_doc="system hostname")
-    resolve_hostname: bool = setting(
-        Flag(load_default=False), "Replace the hostname by its first IPv4 address."
-    )
+    resolve_hostname: bool = setting(Flag(load_default=False), "Replace the hostname by its first IPv4 address.")
     endpoint_scheme: str = setting(
         _text("http", validate=validate.OneOf(["http", "https"])),
         "Scheme of generated endpoint URLs.",
     )
-    endpoint_hostname: str = setting(
-        _text(), "Host of generated endpoint URLs.", default_doc="`AUTOPUSH_HOSTNAME`"
-    )
+    endpoint_hostname: str = setting(_text(), "Host of generated endpoint URLs.", default_doc="`AUTOPUSH_HOSTNAME`")
     endpoint_port: int = setting(
         fields.Integer(load_default=8082, validate=PORT),
         "Port of generated endpoint URLs (omitted when default for the scheme).",
@@ -230,9 +222,7 @@ class Settings:
         Flag(load_default=False),
         "Monthly message-table rotation (legacy layout, docs/architecture.md#monthly-rotation).",
     )
-    ddb_endpoint: str | None = setting(
-        _text(), "DynamoDB endpoint override (local DynamoDB).", default_doc="AWS"
-    )
+    ddb_endpoint: str | None = setting(_text(), "DynamoDB endpoint override (local DynamoDB).", default_doc="AWS")
     db_url: str | None = setting(
         _text(validate=_validate_db_url),
         "Use PostgreSQL at this `postgresql://user:password@host/dbname` URL instead of DynamoDB "
@@ -253,35 +243,27 @@ class Settings:
         "Days a router record lives without a hello, register or bridge update; then it reads "
         "as gone (404/410) and the store deletes it.",
     )
-    statsd_host: str | None = setting(
-        fields.String(load_default="localhost"), "statsd host; empty disables metrics."
-    )
+    statsd_host: str | None = setting(fields.String(load_default="localhost"), "statsd host; empty disables metrics.")
     statsd_port: int = setting(fields.Integer(load_default=8125, validate=PORT), "statsd UDP port.")
-    statsd_prefix: str = setting(
-        _text(), "Metric name prefix.", default_doc="`autoconnect` / `autoendpoint`"
-    )
-    statsd_tags: bool = setting(
-        Flag(load_default=False), "Add tags to metrics in DogStatsD syntax (`\\|#k:v`)."
-    )
+    statsd_prefix: str = setting(_text(), "Metric name prefix.", default_doc="`autoconnect` / `autoendpoint`")
+    statsd_tags: bool = setting(Flag(load_default=False), "Add tags to metrics in DogStatsD syntax (`\\|#k:v`).")
     log_level: str = setting(
         fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS)),
         "`debug`, `info`, `warning`, `error` or `critical`.",
     )
-    human_logs: bool = setting(
-        Flag(load_default=False), "Plain-text logs instead of JSON lines."
-    )
+    human_logs: bool = setting(Flag(load_default=False), "Plain-text logs instead of JSON lines.")
     sentry_dsn: str | None = setting(
         _text(), "Report errors to Sentry (sentry-sdk's Flask integration) when set.", default_doc="none"
     )
-    max_data: int = setting(
-        fields.Integer(load_default=4096, validate=POSITIVE), "Maximum raw push body in bytes."
-    )
+    max_data: int = setting(fields.Integer(load_default=4096, validate=POSITIVE), "Maximum raw push body in bytes.")
     ssl_key: str | None = setting(
-        _text(), "PEM private key: the public listener serves TLS (with `AUTOPUSH_SSL_CERT`).",
+        _text(),
+        "PEM private key: the public listener serves TLS (with `AUTOPUSH_SSL_CERT`).",
         default_doc="none",
     )
     ssl_cert: str | None = setting(
-        _text(), "PEM certificate chain of the public listener (with `AUTOPUSH_SSL_KEY`).",
+        _text(),
+        "PEM certificate chain of the public listener (with `AUTOPUSH_SSL_KEY`).",
         default_doc="none",
     )
     ssl_dh_param: str | None = setting(
@@ -319,9 +301,7 @@ class Settings:
     router_ssl_key: str | None = setting(
         _text(), "TLS key for the router port: it serves https and `node_id` is https.", CONNECTION, "none"
     )
-    router_ssl_cert: str | None = setting(
-        _text(), "TLS certificate for the router port.", CONNECTION, "none"
-    )
+    router_ssl_cert: str | None = setting(_text(), "TLS certificate for the router port.", CONNECTION, "none")
     router_ca: str | None = setting(
         _text(),
         "CA bundle that verifies router certificates (when `node_id`s are https).",
@@ -361,8 +341,7 @@ class Settings:
     )
     close_handshake_timeout: float = setting(
         fields.Float(load_default=0.0, validate=NON_NEGATIVE),
-        "Seconds to wait for the client's close frame after sending ours, then drop TCP "
-        "(0 = built-in 5 s).",
+        "Seconds to wait for the client's close frame after sending ours, then drop TCP (0 = built-in 5 s).",
         CONNECTION,
     )
     send_timeout: float = setting(
@@ -373,8 +352,7 @@ class Settings:
     )
     upgrade_timeout: float = setting(
         fields.Float(load_default=10.0, validate=POSITIVE_SECONDS),
-        "Seconds a new connection has to send its whole HTTP request (the WebSocket upgrade); "
-        "slower ones are closed.",
+        "Seconds a new connection has to send its whole HTTP request (the WebSocket upgrade); slower ones are closed.",
         CONNECTION,
     )
     msg_limit: int = setting(
@@ -414,16 +392,11 @@ class Settings:
     )
     register_rate: int = setting(
         fields.Integer(load_default=100, validate=NON_NEGATIVE),
-        "Registers per minute one connection may make, in bursts of as many; beyond it status 429. "
-        "0 disables.",
+        "Registers per minute one connection may make, in bursts of as many; beyond it status 429. 0 disables.",
         CONNECTION,
     )
-    megaphone_api_url: str | None = setting(
-        _text(), "Megaphone URL; enables broadcasts.", CONNECTION, "none"
-    )
-    megaphone_api_token: str | None = setting(
-        _text(), "Bearer token sent to Megaphone.", CONNECTION, "none"
-    )
+    megaphone_api_url: str | None = setting(_text(), "Megaphone URL; enables broadcasts.", CONNECTION, "none")
+    megaphone_api_token: str | None = setting(_text(), "Bearer token sent to Megaphone.", CONNECTION, "none")
     megaphone_poll_interval: float = setting(
         fields.Float(load_default=30.0, validate=validate.Range(min=0, min_inclusive=False)),
         "Seconds between Megaphone polls; must be > 0.",
@@ -573,8 +546,8 @@ def _unknown_message(name: str, known: frozenset[str], where: str = "") -> str:
     message = f"unknown setting {name}{where}"
     # Compared without the prefix every name shares, which would make any
     # two names look alike.
-    suffixes = sorted(known_name[len(PREFIX):] for known_name in known)
-    close = difflib.get_close_matches(_as_variable(name)[len(PREFIX):], suffixes, n=1)
+    suffixes = sorted(known_name[len(PREFIX) :] for known_name in known)
+    close = difflib.get_close_matches(_as_variable(name)[len(PREFIX) :], suffixes, n=1)
     return f"{message} (did you mean {PREFIX}{close[0]}?)" if close else message
 
 
@@ -624,9 +597,7 @@ def _resolve(hostname: str) -> str:
     try:
         return socket.gethostbyname(hostname)
     except OSError as error:
-        raise SettingsError(
-            f"AUTOPUSH_RESOLVE_HOSTNAME: cannot resolve {hostname!r} ({error})"
-        ) from error
+        raise SettingsError(f"AUTOPUSH_RESOLVE_HOSTNAME: cannot resolve {hostname!r} ({error})") from error
 
 
 def _derive(values: dict[str, Any]) -> dict[str, Any]:
@@ -674,9 +645,7 @@ def _readable(variable: str, path: str) -> None:
         with open(path, "rb") as file:
             file.read(1)
     except OSError as error:
-        raise SettingsError(
-            f"invalid setting {variable}: cannot read {path} ({error.strerror})"
-        ) from error
+        raise SettingsError(f"invalid setting {variable}: cannot read {path} ({error.strerror})") from error
 
 
 def _check_public_tls(settings: Settings) -> None:
@@ -688,9 +657,7 @@ def _check_public_tls(settings: Settings) -> None:
     files = {"AUTOPUSH_SSL_KEY": settings.ssl_key, "AUTOPUSH_SSL_CERT": settings.ssl_cert}
     if not any(files.values()):
         if settings.ssl_dh_param:
-            raise SettingsError(
-                "invalid setting AUTOPUSH_SSL_DH_PARAM: needs AUTOPUSH_SSL_KEY and AUTOPUSH_SSL_CERT"
-            )
+            raise SettingsError("invalid setting AUTOPUSH_SSL_DH_PARAM: needs AUTOPUSH_SSL_KEY and AUTOPUSH_SSL_CERT")
         return
     for variable, path in files.items():
         if not path:
@@ -710,23 +677,18 @@ def _load_public_tls(settings: Settings) -> None:
         context.load_cert_chain(certfile=settings.ssl_cert or "", keyfile=settings.ssl_key)
     except (ssl.SSLError, ValueError) as error:
         raise SettingsError(
-            "invalid setting AUTOPUSH_SSL_CERT/AUTOPUSH_SSL_KEY: not a PEM certificate "
-            f"and its private key ({error})"
+            f"invalid setting AUTOPUSH_SSL_CERT/AUTOPUSH_SSL_KEY: not a PEM certificate and its private key ({error})"
         ) from error
     if settings.ssl_dh_param:
         try:
             context.load_dh_params(settings.ssl_dh_param)
         except (ssl.SSLError, ValueError) as error:
-            raise SettingsError(
-                f"invalid setting AUTOPUSH_SSL_DH_PARAM: not PEM DH parameters ({error})"
-            ) from error
+            raise SettingsError(f"invalid setting AUTOPUSH_SSL_DH_PARAM: not PEM DH parameters ({error})") from error
 
 
 def _check_consistency(settings: Settings) -> None:
     if bool(settings.router_ssl_key) != bool(settings.router_ssl_cert):
-        raise SettingsError(
-            "invalid setting AUTOPUSH_ROUTER_SSL_KEY/AUTOPUSH_ROUTER_SSL_CERT: set both or neither"
-        )
+        raise SettingsError("invalid setting AUTOPUSH_ROUTER_SSL_KEY/AUTOPUSH_ROUTER_SSL_CERT: set both or neither")
     if settings.fcm_min_ttl > settings.fcm_max_ttl:
         raise SettingsError("invalid setting AUTOPUSH_FCM_MIN_TTL: greater than AUTOPUSH_FCM_MAX_TTL")
     bridges = settings.fcm_credentials or settings.apns_channels
@@ -734,9 +696,7 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("invalid setting AUTOPUSH_AUTH_KEYS: required when a bridge is enabled")
 
 
-def load_settings(
-    node_type: str, environ: Mapping[str, str], require_crypto_keys: bool = True
-) -> Settings:
+def load_settings(node_type: str, environ: Mapping[str, str], require_crypto_keys: bool = True) -> Settings:
     """Validate the environment (and optional ini file) into ``Settings``.
 
     Raises ``SettingsError`` with a one-line message naming the variable.

@@ -138,9 +138,7 @@ class ConnectionPool:
             raise HTTPFailure(f"connect to {self.host_header}: {error}") from error
         return _Connection(sock)
 
-    def _exchange(
-        self, connection: _Connection, payload: bytes, method: str, deadline: float
-    ) -> tuple[Response, bool]:
+    def _exchange(self, connection: _Connection, payload: bytes, method: str, deadline: float) -> tuple[Response, bool]:
         reader = _Reader(connection.sock, deadline, self.host_header)
         try:
             connection.sock.settimeout(_remaining(deadline))

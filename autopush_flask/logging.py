@@ -101,10 +101,20 @@ SECRET_PREFIX = 6
 SECRET_HASH_HEX_DIGITS = 8
 # Fields whose whole value is a capability (or holds one): an endpoint URL, a node URL,
 # a ``Location``, a token, a message id, a bridge device token.
-CAPABILITY_FIELDS = frozenset({
-    "endpoint", "url", "location", "token", "message_id", "version", "router_token",
-    "device_token", "secret", "push_endpoint",
-})
+CAPABILITY_FIELDS = frozenset(
+    {
+        "endpoint",
+        "url",
+        "location",
+        "token",
+        "message_id",
+        "version",
+        "router_token",
+        "device_token",
+        "secret",
+        "push_endpoint",
+    }
+)
 AUTHORIZATION_FIELDS = frozenset({"authorization"})
 UAID_FIELD = "uaid_hash"
 RAW_UAID_FIELD = "uaid"
@@ -246,9 +256,7 @@ def _flatten(fields: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _record_fields(
-    record: logging.LogRecord, formatter: logging.Formatter, redactor: Redactor
-) -> dict[str, Any]:
+def _record_fields(record: logging.LogRecord, formatter: logging.Formatter, redactor: Redactor) -> dict[str, Any]:
     """``message`` first and never overwritten; caller fields win over the
     exception-derived ``error`` so an explicit value is not lost. Everything
     passes the redactor last, so no path into a line skips it."""
@@ -344,10 +352,7 @@ class HumanFormatter(logging.Formatter):
         tb = fields.pop("traceback", None)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
         pairs = "".join(f" {k}={_human_value(v)}" for k, v in fields.items())
-        line = (
-            f"{stamp}.{int(record.msecs):03d} {record.levelname} "
-            f"{self._component}: {message}{pairs}"
-        )
+        line = f"{stamp}.{int(record.msecs):03d} {record.levelname} {self._component}: {message}{pairs}"
         if not tb:
             return line
         return line + "\n" + "\n".join(escape_unsafe(tb_line) for tb_line in tb.split("\n"))
@@ -429,9 +434,7 @@ def setup_logging(
     if human:
         handler.setFormatter(HumanFormatter(component, redactor))
     else:
-        handler.setFormatter(
-            MozLogFormatter(component, version, hostname or socket.gethostname(), redactor)
-        )
+        handler.setFormatter(MozLogFormatter(component, version, hostname or socket.gethostname(), redactor))
     logger.addHandler(handler)
     logger.setLevel(levelno)
     logger.propagate = False

@@ -199,9 +199,7 @@ class RecordingMetrics(_TimerMixin):
 
     def find(self, name: str, kind: str | None = None) -> list[MetricCall]:
         """Calls for one metric name, so tests ignore unrelated metrics."""
-        return [
-            c for c in self.calls if c.name == name and kind in (None, c.kind)
-        ]
+        return [c for c in self.calls if c.name == name and kind in (None, c.kind)]
 
     def clear(self) -> None:
         """Forget earlier calls between test phases."""
@@ -211,9 +209,7 @@ class RecordingMetrics(_TimerMixin):
         self.calls.append(MetricCall(kind, name, value, _stringify_tags(tags)))
 
 
-def create_metrics(
-    host: str | None, port: int, prefix: str, tags_enabled: bool
-) -> Metrics | NullMetrics:
+def create_metrics(host: str | None, port: int, prefix: str, tags_enabled: bool) -> Metrics | NullMetrics:
     """Build the configured sink (docs/operations.md#settings: an empty host disables metrics).
 
     The host is resolved once, here. If that fails the node still starts,

@@ -83,18 +83,14 @@ class RouterRequestKeys:
     def from_crypto_keys(cls, crypto_keys: CryptoKeys) -> RouterRequestKeys:
         return cls(crypto_keys.derive(KEY_LABEL))
 
-    def sign(
-        self, method: str, target: str, body: bytes = b"", now: float | None = None
-    ) -> list[tuple[str, str]]:
+    def sign(self, method: str, target: str, body: bytes = b"", now: float | None = None) -> list[tuple[str, str]]:
         """The headers that sign this request (``target`` = path, plus ``?query`` if any)."""
         timestamp = str(int(time.time() if now is None else now))
         digest = body_sha256(body)
         signature = _mac(self._subkeys[0], method, target, timestamp, digest)
         return [(TIMESTAMP_HEADER, timestamp), (BODY_HASH_HEADER, digest), (SIGNATURE_HEADER, signature)]
 
-    def verify_head(
-        self, method: str, target: str, headers: Mapping[str, str], now: float | None = None
-    ) -> str:
+    def verify_head(self, method: str, target: str, headers: Mapping[str, str], now: float | None = None) -> str:
         """Check the signature from the request head; returns the signed body hash.
 
         ``headers.get`` must look names up the way the caller received them

@@ -59,7 +59,10 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
     """Logging, metrics, storage (tables created when configured) and keys."""
     component = COMPONENTS.get(settings.node_type, DEFAULT_COMPONENT)
     log = setup_logging(
-        component, __version__, level=settings.log_level, human=settings.human_logs,
+        component,
+        __version__,
+        level=settings.log_level,
+        human=settings.human_logs,
         crypto_keys=CryptoKeys(settings.crypto_keys),  # keys the logged uaid_hash alike on every node
     )
     if settings.crypto_keys_generated:
@@ -94,8 +97,10 @@ def _open_storage(settings: Settings, metrics: Any, log: logging.Logger) -> Stor
     except StorageError as error:
         if not error.retryable:
             raise
-        log.warning("storage failure", extra=log_fields(
-            error=f"store not set up at start-up, retrying in the background: {error}"))
+        log.warning(
+            "storage failure",
+            extra=log_fields(error=f"store not set up at start-up, retrying in the background: {error}"),
+        )
         retry = threading.Thread(target=_set_up_later, args=(storage, log))
         retry.daemon = True
         retry.start()
@@ -147,8 +152,11 @@ def _start_sentry(settings: Settings) -> None:
     from sentry_sdk.integrations.flask import FlaskIntegration
 
     sentry_sdk.init(
-        dsn=settings.sentry_dsn, environment=settings.env, release=__version__,
-        integrations=[FlaskIntegration()], send_default_pii=False,
+        dsn=settings.sentry_dsn,
+        environment=settings.env,
+        release=__version__,
+        integrations=[FlaskIntegration()],
+        send_default_pii=False,
         # Frame locals hold endpoint tokens, UAIDs and keys; logs never do.
         include_local_variables=False,
     )

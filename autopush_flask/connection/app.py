@@ -79,4 +79,3 @@ def create_connection_app(
     node_api_app.register_blueprint(node_api)
     protect(node_api_app, node.settings.router_max_requests, node.settings.max_data, node_services.metrics)
     return ConnectionApp(public_app, node_api_app, node)
-

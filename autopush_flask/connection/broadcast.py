@@ -54,9 +54,7 @@ class BroadcastRegistry:
         Ids missing from the answer are kept: a partial or flapping Megaphone
         should not make clients see "Broadcast not found" for live ids.
         """
-        changes = {
-            bid: ver for bid, ver in versions.items() if self._versions.get(bid) != ver
-        }
+        changes = {bid: ver for bid, ver in versions.items() if self._versions.get(bid) != ver}
         if not changes:
             return False
         # Swap in a new dict rather than mutate, so a reader part-way through

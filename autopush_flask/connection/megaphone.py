@@ -27,9 +27,7 @@ METRIC_ERROR = "megaphone.updater.error"
 class CounterSink(Protocol):
     """The part of the metrics sinks the poller uses."""
 
-    def increment(
-        self, name: str, value: int = 1, tags: Mapping[str, Any] | None = None
-    ) -> None: ...
+    def increment(self, name: str, value: int = 1, tags: Mapping[str, Any] | None = None) -> None: ...
 
 
 class PollError(Exception):
@@ -104,9 +102,7 @@ class MegaphonePoller:
 
     def _fetch(self) -> dict[str, str]:
         try:
-            response = self._session.get(
-                self.url, headers=self._headers, timeout=self.timeout
-            )
+            response = self._session.get(self.url, headers=self._headers, timeout=self.timeout)
         except requests.RequestException as exc:
             raise PollError(_request_failure_reason(exc), repr(exc)) from exc
         if response.status_code != 200:

@@ -107,8 +107,11 @@ class ConnectionNode:
         self._greenlets.append(self.retries.start())
         if self.settings.megaphone_api_url:
             poller = MegaphonePoller(
-                self.broadcasts, self.settings.megaphone_api_url, self.settings.megaphone_api_token,
-                self.settings.megaphone_poll_interval, self.services.metrics,
+                self.broadcasts,
+                self.settings.megaphone_api_url,
+                self.settings.megaphone_api_token,
+                self.settings.megaphone_poll_interval,
+                self.services.metrics,
             )
             self._greenlets.append(poller.start())
         log.info("Connection node started", extra=log_fields(node_id=self.node_id))
@@ -229,8 +232,6 @@ class ConnectionNode:
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         headers = dict(self.request_keys.sign(method, target))
         try:
-            self.http.request(
-                method, url, headers=headers, timeout=(timeout, timeout * 3), verify=self._peer_ca_verify
-            )
+            self.http.request(method, url, headers=headers, timeout=(timeout, timeout * 3), verify=self._peer_ca_verify)
         except requests.RequestException as error:
             log.debug("node request failed", extra=log_fields(url=url, error=str(error)))

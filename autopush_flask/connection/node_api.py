@@ -71,9 +71,13 @@ class RequestGate:
         if self.active >= self.limit:
             self.metrics.increment(REJECTED_METRIC, tags={"reason": "busy"})
             body = b"Router busy."
-            start_response("503 Service Unavailable", [
-                ("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
-            ])
+            start_response(
+                "503 Service Unavailable",
+                [
+                    ("Content-Type", "text/plain"),
+                    ("Content-Length", str(len(body))),
+                ],
+            )
             return [body]
         self.active += 1
         try:
@@ -187,9 +191,15 @@ def push(uaid: str) -> Response:
     except (ValueError, RecursionError, TypeError, ValidationError):
         return _text("Invalid notification", 400)
     notification = Notification(
-        channel_id=str(body["channelID"]), version=body["version"], ttl=body["ttl"],
-        timestamp=body["timestamp"], topic=body["topic"] or None, data=body["data"] or None,
-        headers=body["headers"], sortkey_timestamp=body["sortkey_timestamp"], stored=body["stored"],
+        channel_id=str(body["channelID"]),
+        version=body["version"],
+        ttl=body["ttl"],
+        timestamp=body["timestamp"],
+        topic=body["topic"] or None,
+        data=body["data"] or None,
+        headers=body["headers"],
+        sortkey_timestamp=body["sortkey_timestamp"],
+        stored=body["stored"],
     )
     if not client.deliver(notification):
         return _text("Client busy.", 503)

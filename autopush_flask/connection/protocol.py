@@ -146,10 +146,13 @@ def _ack(message: dict) -> Ack | Rejected:
     updates = message.get("updates")
     if not isinstance(updates, list) or not updates:
         return Rejected(None)
-    return Ack(tuple(
-        update["version"] for update in updates
-        if isinstance(update, dict) and all(isinstance(update.get(key), str) for key in ("channelID", "version"))
-    ))
+    return Ack(
+        tuple(
+            update["version"]
+            for update in updates
+            if isinstance(update, dict) and all(isinstance(update.get(key), str) for key in ("channelID", "version"))
+        )
+    )
 
 
 def _nack(message: dict) -> Nack | Rejected:

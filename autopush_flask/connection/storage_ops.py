@@ -126,9 +126,21 @@ class AdvanceBookmark:
 
 
 StorageOp = (
-    GetUser | AddUser | ClaimUser | RefreshUser | DropUser | MigrateUser
-    | GetChannels | AddChannel | RemoveChannel | TouchChannels
-    | DeleteMessage | SaveLateMessages | FetchTopicMessages | FetchTimestampMessages | AdvanceBookmark
+    GetUser
+    | AddUser
+    | ClaimUser
+    | RefreshUser
+    | DropUser
+    | MigrateUser
+    | GetChannels
+    | AddChannel
+    | RemoveChannel
+    | TouchChannels
+    | DeleteMessage
+    | SaveLateMessages
+    | FetchTopicMessages
+    | FetchTimestampMessages
+    | AdvanceBookmark
 )
 # For ``isinstance``: is an effect a storage operation?
 STORAGE_OPS: tuple[type, ...] = get_args(StorageOp)

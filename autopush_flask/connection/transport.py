@@ -86,8 +86,15 @@ class ClientConnection:
     """
 
     __slots__ = (
-        "node", "ws", "session", "lock", "waiting_direct", "ping_sent_at", "next_ping_at",
-        "hello_deadline", "finished",
+        "node",
+        "ws",
+        "session",
+        "lock",
+        "waiting_direct",
+        "ping_sent_at",
+        "next_ping_at",
+        "hello_deadline",
+        "finished",
     )
 
     def __init__(self, node: ClientHost, ws: PushWebSocket, user_agent: str) -> None:

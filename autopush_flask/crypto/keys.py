@@ -40,9 +40,7 @@ class CryptoKeys:
         reveals nothing about the Fernet key or another purpose's subkey.
         """
         return tuple(
-            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(
-                base64.urlsafe_b64decode(key)
-            )
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(base64.urlsafe_b64decode(key))
             for key in self._keys
         )
 

@@ -42,9 +42,7 @@ class MessageId:
         return cls("topic", uaid, channel_id, topic=topic)
 
     @classmethod
-    def for_timestamp(
-        cls, uaid: uuid.UUID, channel_id: uuid.UUID, sortkey_timestamp: int
-    ) -> MessageId:
+    def for_timestamp(cls, uaid: uuid.UUID, channel_id: uuid.UUID, sortkey_timestamp: int) -> MessageId:
         return cls("timestamp", uaid, channel_id, sortkey_timestamp=sortkey_timestamp)
 
     @classmethod

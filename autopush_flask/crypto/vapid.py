@@ -71,9 +71,7 @@ class VapidResult:
     sub_problem: str | None  # None | "missing_sub" | "empty_sub" | "bad_format_sub"
 
 
-def parse_vapid_authorization(
-    authorization: str, crypto_key_header: str | None
-) -> VapidCredentials:
+def parse_vapid_authorization(authorization: str, crypto_key_header: str | None) -> VapidCredentials:
     """Three header forms carry the JWT; two of them put the key elsewhere."""
     scheme, _, credentials = authorization.strip().partition(" ")
     scheme = scheme.lower()
@@ -128,9 +126,7 @@ def _load_der_p256(raw: bytes) -> ec.EllipticCurvePublicKey:
         key = load_der_public_key(raw)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError("not a DER public key") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-        key.curve, ec.SECP256R1
-    ):
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("not a P-256 public key")
     return key
 
@@ -175,9 +171,7 @@ def _verify_jwt(token: str, key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
     signing_input = token.rsplit(".", 1)[0]
     normalized = f"{signing_input}.{encode_base64url(_jose_signature(signature))}"
     try:
-        jwt.decode_complete(
-            normalized, key=key, algorithms=["ES256"], options=_PYJWT_SIGNATURE_ONLY
-        )
+        jwt.decode_complete(normalized, key=key, algorithms=["ES256"], options=_PYJWT_SIGNATURE_ONLY)
     except jwt.InvalidSignatureError as exc:
         raise VapidError("bad_signature") from exc
     except jwt.PyJWTError as exc:
@@ -229,9 +223,7 @@ def _verified_claims(creds: VapidCredentials) -> dict[str, Any]:
     return _verify_jwt(creds.token, key)
 
 
-def _vapid_result(
-    creds: VapidCredentials, claims: dict[str, Any], audience: str, now: float | None
-) -> VapidResult:
+def _vapid_result(creds: VapidCredentials, claims: dict[str, Any], audience: str, now: float | None) -> VapidResult:
     _check_claims(claims, audience, time.time() if now is None else now)
     return VapidResult(
         claims=claims,
@@ -265,9 +257,7 @@ class VapidVerifier:
         self._clock = clock
         self._accepted: TLRUCache | None = None
         if max_bytes > 0:
-            self._accepted = TLRUCache(
-                max_bytes, _expiry, timer=clock, getsizeof=_remembered_bytes
-            )
+            self._accepted = TLRUCache(max_bytes, _expiry, timer=clock, getsizeof=_remembered_bytes)
 
     def verify(
         self, authorization: str, crypto_key_header: str | None, audience: str, now: float | None = None

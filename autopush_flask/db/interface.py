@@ -146,8 +146,7 @@ class Storage(Protocol):
         """Registered channel ids (dashed UUIDs)."""
         ...
 
-    def add_channel(self, user: User, channel_id: str) -> None:
-        ...
+    def add_channel(self, user: User, channel_id: str) -> None: ...
 
     def remove_channel(self, user: User, channel_id: str) -> bool:
         """``True`` iff the channel was registered."""

@@ -102,9 +102,7 @@ class MemoryStorage:
         if not getattr(getattr(type(self), operation, None), "injectable", False):
             raise ValueError(f"no storage operation named {operation!r}")
         with self._lock:
-            self._failures[operation].append(
-                error or StorageUnavailable(f"{operation}: injected failure", operation)
-            )
+            self._failures[operation].append(error or StorageUnavailable(f"{operation}: injected failure", operation))
 
     def _enter(self, operation: str, gated: bool) -> None:
         if self._failures.get(operation):

@@ -27,7 +27,10 @@ def preflight(storage: Storage) -> None:
     connected_at = now * 1000
     user = storage.new_user(uaid, PREFLIGHT_NODE_ID, connected_at)
     message = Notification(
-        channel_id=str(uuid.uuid4()), version="preflight", ttl=60, timestamp=now,
+        channel_id=str(uuid.uuid4()),
+        version="preflight",
+        ttl=60,
+        timestamp=now,
         sortkey_timestamp=now * 1_000_000,
     )
     if not storage.add_user(user):

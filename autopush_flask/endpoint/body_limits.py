@@ -59,8 +59,12 @@ class PacedInput:
     """
 
     def __init__(
-        self, stream: Any, content_length: int | None, chunked: bool,
-        due: Callable[[int], float], clock: Callable[[], float] = time.monotonic,
+        self,
+        stream: Any,
+        content_length: int | None,
+        chunked: bool,
+        due: Callable[[int], float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stream = stream
         self._remaining = content_length  # None: chunked or no length given
@@ -143,7 +147,10 @@ class BodyLimits:
     """WSGI middleware pacing every request body and closing connections left unread."""
 
     def __init__(
-        self, app: Callable[..., Iterable[bytes]], min_rate: int, grace: float,
+        self,
+        app: Callable[..., Iterable[bytes]],
+        min_rate: int,
+        grace: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._app = app

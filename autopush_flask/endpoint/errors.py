@@ -45,7 +45,10 @@ def authorization_header() -> str | None:
 
 
 def error_response(
-    status: int, errno: int | None, message: str | None, headers: dict[str, str] | None = None,
+    status: int,
+    errno: int | None,
+    message: str | None,
+    headers: dict[str, str] | None = None,
     reason: str | None = None,
 ) -> Response:
     response = jsonify(

@@ -23,4 +23,3 @@ def cancel(message_id: str) -> Response:
     state.storage.cancel_message(uaid, parsed.sort_key, updateid)
     state.metrics.increment("notification.message.deleted", tags={"topic": parsed.kind == "topic"})
     return Response(b"", status=204)
-

@@ -60,9 +60,11 @@ def _push_operation(path_fields: list[str], max_data: int) -> dict[str, Any]:
             ],
             "requestBody": {
                 "required": False,
-                "content": {"application/octet-stream": {
-                    "schema": {"type": "string", "format": "binary", "maxLength": max_data},
-                }},
+                "content": {
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary", "maxLength": max_data},
+                    }
+                },
             },
             "responses": {
                 "201": {
@@ -87,17 +89,25 @@ BRIDGE_ERRORS = {
     "503": "Storage unavailable; retry (errno 201, 202)",
 }
 REGISTRATION = "/v1/{router_type}/{app_id}/registration"
-SECRET_HEADER = {"in": "header", "name": "Authorization", "required": True,
-                 "description": "Bearer <secret from the registration>", "schema": {"type": "string"}}
+SECRET_HEADER = {
+    "in": "header",
+    "name": "Authorization",
+    "required": True,
+    "description": "Bearer <secret from the registration>",
+    "schema": {"type": "string"},
+}
 
 
-def _bridge_operation(summary: str, path_fields: list[str], body: type | None = None,
-                      authenticated: bool = True) -> dict[str, Any]:
+def _bridge_operation(
+    summary: str, path_fields: list[str], body: type | None = None, authenticated: bool = True
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "parameters": [{"in": "path", "schema": BridgePathSchema(only=path_fields)}],
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
-                      **_errors(BRIDGE_ERRORS)},
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+            **_errors(BRIDGE_ERRORS),
+        },
     }
     if authenticated:
         operation["parameters"].append(SECRET_HEADER)
@@ -108,34 +118,56 @@ def _bridge_operation(summary: str, path_fields: list[str], body: type | None = 
 
 def _bridge_paths(spec: APISpec) -> None:
     user = ["router_type", "app_id", "uaid"]
-    spec.path(path=REGISTRATION, operations={"post": _bridge_operation(
-        "Register a device", ["router_type", "app_id"], RegistrationSchema, authenticated=False)})
-    spec.path(path=f"{REGISTRATION}/{{uaid}}", operations={
-        "get": _bridge_operation("List channels", user),
-        "put": _bridge_operation("Update the device token", user, RegistrationSchema),
-        "delete": _bridge_operation("Unregister the device", user),
-    })
-    spec.path(path=f"{REGISTRATION}/{{uaid}}/subscription", operations={
-        "post": _bridge_operation("Add a channel", user, SubscriptionSchema)})
-    spec.path(path=f"{REGISTRATION}/{{uaid}}/subscription/{{chid}}", operations={
-        "delete": _bridge_operation("Remove a channel", [*user, "chid"])})
+    spec.path(
+        path=REGISTRATION,
+        operations={
+            "post": _bridge_operation(
+                "Register a device", ["router_type", "app_id"], RegistrationSchema, authenticated=False
+            )
+        },
+    )
+    spec.path(
+        path=f"{REGISTRATION}/{{uaid}}",
+        operations={
+            "get": _bridge_operation("List channels", user),
+            "put": _bridge_operation("Update the device token", user, RegistrationSchema),
+            "delete": _bridge_operation("Unregister the device", user),
+        },
+    )
+    spec.path(
+        path=f"{REGISTRATION}/{{uaid}}/subscription",
+        operations={"post": _bridge_operation("Add a channel", user, SubscriptionSchema)},
+    )
+    spec.path(
+        path=f"{REGISTRATION}/{{uaid}}/subscription/{{chid}}",
+        operations={"delete": _bridge_operation("Remove a channel", [*user, "chid"])},
+    )
 
 
 @cache
 def _document(max_data: int) -> dict[str, Any]:
     spec = APISpec(
-        title="autopush-flask push service", version=__version__, openapi_version="3.0.3",
+        title="autopush-flask push service",
+        version=__version__,
+        openapi_version="3.0.3",
         plugins=[MarshmallowPlugin()],
     )
     spec.components.schema("Error", schema=ErrorSchema)
     spec.path(path="/wpush/{api_version}/{token}", operations=_push_operation(["api_version", "token"], max_data))
     spec.path(path="/wpush/{token}", operations=_push_operation(["token"], max_data))
-    spec.path(path="/m/{message_id}", operations={"delete": {
-        "summary": "Cancel a stored message",
-        "parameters": [{"in": "path", "schema": MessageIdPathSchema}],
-        "responses": {"204": {"description": "Deleted (or already gone)"},
-                      **_errors({"400": "Invalid message id", "503": "Storage unavailable; retry"})},
-    }})
+    spec.path(
+        path="/m/{message_id}",
+        operations={
+            "delete": {
+                "summary": "Cancel a stored message",
+                "parameters": [{"in": "path", "schema": MessageIdPathSchema}],
+                "responses": {
+                    "204": {"description": "Deleted (or already gone)"},
+                    **_errors({"400": "Invalid message id", "503": "Storage unavailable; retry"}),
+                },
+            }
+        },
+    )
     _bridge_paths(spec)
     for path, summary in HEALTH_PATHS.items():
         responses = {"200": {"description": "OK"}}

@@ -78,9 +78,7 @@ def register(router_type: str, app_id: str) -> Response:
 def update_token(router_type: str, app_id: str, uaid: str) -> Response:
     router, user = _authenticated(router_type, uaid)
     router_data = router.router_data(app_id, _json_body(required=True))
-    if not endpoint_state().storage.update_router_data(
-        user.uaid, router_type.lower(), router_data, _now_ms()
-    ):
+    if not endpoint_state().storage.update_router_data(user.uaid, router_type.lower(), router_data, _now_ms()):
         raise PushError(EXPIRED_ENDPOINT)
     return jsonify({})
 

@@ -68,27 +68,38 @@ class PushHeadersSchema(Schema):
         unknown = EXCLUDE
 
     ttl = TTLField(
-        data_key="TTL", required=True,
+        data_key="TTL",
+        required=True,
         metadata={"description": "Seconds to keep the message (0 = deliver now or never); capped.", "type": "integer"},
     )
     topic = TopicField(
-        data_key="Topic", load_default=None,
-        metadata={"description": "Replaces an undelivered message with the same topic.",
-                  "maxLength": TOPIC_MAX_LENGTH, "pattern": BASE64URL_VALUE.pattern},
+        data_key="Topic",
+        load_default=None,
+        metadata={
+            "description": "Replaces an undelivered message with the same topic.",
+            "maxLength": TOPIC_MAX_LENGTH,
+            "pattern": BASE64URL_VALUE.pattern,
+        },
     )
     urgency = fields.String(data_key="Urgency", load_default=None, metadata={"description": "Accepted and ignored."})
     content_encoding = fields.String(
-        data_key="Content-Encoding", load_default=None,
+        data_key="Content-Encoding",
+        load_default=None,
         metadata={"description": "Required with a body: aes128gcm (RFC 8291) or aesgcm (legacy)."},
     )
     encryption = fields.String(
-        data_key="Encryption", load_default=None, metadata={"description": "aesgcm only: salt=…"},
+        data_key="Encryption",
+        load_default=None,
+        metadata={"description": "aesgcm only: salt=…"},
     )
     crypto_key = fields.String(
-        data_key="Crypto-Key", load_default=None, metadata={"description": "aesgcm: dh=…; VAPID draft-01: p256ecdsa=…"},
+        data_key="Crypto-Key",
+        load_default=None,
+        metadata={"description": "aesgcm: dh=…; VAPID draft-01: p256ecdsa=…"},
     )
     authorization = fields.String(
-        data_key="Authorization", load_default=None,
+        data_key="Authorization",
+        load_default=None,
         metadata={
             "description": "VAPID: 'vapid t=<JWT>, k=<key>' (or 'WebPush <JWT>' with Crypto-Key p256ecdsa). "
             "Required for /wpush/v2/."
@@ -104,7 +115,8 @@ class PushHeadersSchema(Schema):
 
 class PushPathSchema(Schema):
     api_version = fields.String(
-        validate=validate.OneOf(["v1", "v2"]), metadata={"description": "v2 endpoints are bound to a VAPID key"},
+        validate=validate.OneOf(["v1", "v2"]),
+        metadata={"description": "v2 endpoints are bound to a VAPID key"},
     )
     token = fields.String(metadata={"description": "Opaque endpoint token"})
 

@@ -169,9 +169,7 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
     )
 
 
-def _count_success(
-    delivery: Delivery, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders
-) -> None:
+def _count_success(delivery: Delivery, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders) -> None:
     destination = delivery.destination
     metrics = endpoint_state().metrics
     tags = {"destination": destination, "router": user.router_type, "vapid": vapid is not None}
@@ -182,8 +180,7 @@ def _count_success(
         metrics.increment(f"updates.notification.encoding.{headers.crypto_headers['encoding']}")
     log.debug(
         "Successful delivery" if destination == DIRECT else "Router miss, message stored.",
-        extra=log_fields(uaid_hash=user.uaid, message_size=size, message_ttl=headers.ttl,
-                         router_key=user.router_type),
+        extra=log_fields(uaid_hash=user.uaid, message_size=size, message_ttl=headers.ttl, router_key=user.router_type),
     )
 
 
@@ -192,4 +189,3 @@ def _created(message_id: str, ttl: int) -> Response:
     response.headers["Location"] = f"{endpoint_state().settings.endpoint_url}/m/{message_id}"
     response.headers["TTL"] = str(ttl)
     return response
-

@@ -93,8 +93,9 @@ class FcmClient:
     (``AUTOPUSH_FCM_TIMEOUT=0``) means no limit, as for the sends.
     """
 
-    def __init__(self, base_url: str, project_id: str, credentials: service_account.Credentials,
-                 timeout: float | None) -> None:
+    def __init__(
+        self, base_url: str, project_id: str, credentials: service_account.Credentials, timeout: float | None
+    ) -> None:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
         self._session = requests.Session()
         self._session.mount("http://", adapter)
@@ -264,11 +265,17 @@ class FcmRouter:
         if status == 404 or (error is not None and _fcm_codes(error) & GONE_STATUSES):
             return device_gone(self._storage, self._metrics, user, PLATFORM, app_id)
         if error is None:
-            log.warning("FCM error without an error object",
-                        extra=log_fields(app_id=app_id, status=status, body=response.text[:200]))
+            log.warning(
+                "FCM error without an error object",
+                extra=log_fields(app_id=app_id, status=status, body=response.text[:200]),
+            )
             return self._failure(app_id, "invalid_response", BRIDGE_INVALID_RESPONSE)
-        log.warning("FCM error", extra=log_fields(
-            app_id=app_id, status=status, fcm_status=error.get("status"), fcm_message=error.get("message")))
+        log.warning(
+            "FCM error",
+            extra=log_fields(
+                app_id=app_id, status=status, fcm_status=error.get("status"), fcm_message=error.get("message")
+            ),
+        )
         return self._failure(app_id, f"upstream_{status}", BRIDGE_REPORTED_ERROR)
 
     def _failure(self, app_id: str, reason: str, kind: ErrorKind, **details: object) -> PushError:
@@ -279,7 +286,9 @@ class FcmRouter:
         if client is None:
             entry = self._apps[app_id]
             client = FcmClient(
-                self._settings.fcm_base_url, entry["project_id"], load_credentials(entry["credential"]),
+                self._settings.fcm_base_url,
+                entry["project_id"],
+                load_credentials(entry["credential"]),
                 self._timeout,
             )
             # Racing creators build one each; all of them use the first stored.

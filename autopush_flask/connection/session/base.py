@@ -142,11 +142,34 @@ class SessionBase:
     """One client's protocol state; see the module doc for how it is split."""
 
     __slots__ = (
-        "ctx", "state", "uaid", "connected_at", "started", "user_agent", "pending_user",
-        "user", "existing_uaid", "reset_uaid", "rotate", "draining", "check_again",
-        "include_topic", "unacked_direct", "unacked_stored", "cursor", "stored_bookmark",
-        "drain_started", "batch_high", "batch_is_timestamp", "sent_from_storage", "recent_acks",
-        "last_ping", "broadcast_subs", "broadcast_seen", "stats", "disconnect_reason",
+        "ctx",
+        "state",
+        "uaid",
+        "connected_at",
+        "started",
+        "user_agent",
+        "pending_user",
+        "user",
+        "existing_uaid",
+        "reset_uaid",
+        "rotate",
+        "draining",
+        "check_again",
+        "include_topic",
+        "unacked_direct",
+        "unacked_stored",
+        "cursor",
+        "stored_bookmark",
+        "drain_started",
+        "batch_high",
+        "batch_is_timestamp",
+        "sent_from_storage",
+        "recent_acks",
+        "last_ping",
+        "broadcast_subs",
+        "broadcast_seen",
+        "stats",
+        "disconnect_reason",
         "register_credit",
     )
 
@@ -216,8 +239,11 @@ class SessionBase:
         yield Send(notification_message(notification))
 
     def _best_effort(
-        self, op: StorageOp, retry_until: float | None = None,
-        message_ids: tuple[str, ...] = (), notify: bool = False,
+        self,
+        op: StorageOp,
+        retry_until: float | None = None,
+        message_ids: tuple[str, ...] = (),
+        notify: bool = False,
     ) -> Generator[Any, Any, bool]:
         """Storage writes whose failure is logged, not fatal (docs/architecture.md#storage-errors);
         ``True`` if it landed.
@@ -250,9 +276,13 @@ class SessionBase:
         log.info(
             "Session",
             extra=log_fields(
-                uaid_hash=self.uaid or "", uaid_reset=self.disconnect_reason in RESET_REASONS,
-                existing_uaid=self.existing_uaid, connection_type="webpush",
-                user_agent=self.user_agent, connection_time=round(lifespan, 3),
-                disconnect_reason=self.disconnect_reason, **dataclasses.asdict(self.stats),
+                uaid_hash=self.uaid or "",
+                uaid_reset=self.disconnect_reason in RESET_REASONS,
+                existing_uaid=self.existing_uaid,
+                connection_type="webpush",
+                user_agent=self.user_agent,
+                connection_time=round(lifespan, 3),
+                disconnect_reason=self.disconnect_reason,
+                **dataclasses.asdict(self.stats),
             ),
         )

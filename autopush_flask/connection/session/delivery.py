@@ -101,8 +101,7 @@ class DeliveryMixin(SessionBase):
         """
         queued = [self._with_stamp(n) for n in queued if n.ttl and not self._seen(n.version)]
         pending = [
-            n for n in [*self.unacked_direct.values(), *queued]
-            if not n.stored and n.version not in self.unacked_stored
+            n for n in [*self.unacked_direct.values(), *queued] if not n.stored and n.version not in self.unacked_stored
         ]
         if not pending or self.uaid is None or self.pending_user is not None:
             return
@@ -110,7 +109,8 @@ class DeliveryMixin(SessionBase):
         stored = yield from self._best_effort(
             SaveLateMessages(user, tuple(pending)),
             retry_until=max(n.timestamp + n.ttl for n in pending),
-            message_ids=tuple(n.version for n in pending), notify=True,
+            message_ids=tuple(n.version for n in pending),
+            notify=True,
         )
         self._mark_stored(pending)
         if not stored:
@@ -144,7 +144,8 @@ class DeliveryMixin(SessionBase):
         except InvalidMessageIdError:
             message_id = None
         if (
-            message_id is not None and message_id.kind == "timestamp"
+            message_id is not None
+            and message_id.kind == "timestamp"
             and message_id.names(self.known_uaid, notification.channel_id)
         ):
             stamp = message_id.sortkey_timestamp

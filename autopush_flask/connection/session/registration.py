@@ -40,8 +40,11 @@ class RegistrationMixin(SessionBase):
             yield Send(error_reply("register", 500, "An unexpected server error occurred", channel_id))
             return
         endpoint = make_endpoint_url(
-            self.ctx.crypto_keys, self.ctx.endpoint_url, uuid.UUID(self.uaid),
-            uuid.UUID(channel_id), message.key,
+            self.ctx.crypto_keys,
+            self.ctx.endpoint_url,
+            uuid.UUID(self.uaid),
+            uuid.UUID(channel_id),
+            message.key,
         )
         self.stats.registers += 1
         self.ctx.metrics.increment("ua.command.register")

@@ -49,7 +49,7 @@ def _number(text: str) -> int | float:
 
 
 def from_attribute(attribute: Mapping[str, Any]) -> Any:
-    (kind, value), = attribute.items()
+    ((kind, value),) = attribute.items()
     if kind == "S":
         return value
     if kind == "N":

@@ -81,9 +81,7 @@ def months_back(now: dt.datetime, year: int, month: int) -> int:
     return (now.year * 12 + now.month) - (year * 12 + month)
 
 
-def other_monthly_tables(
-    admin: TableAdmin, prefix: str, now: dt.datetime, skip: set[str]
-) -> list[tuple[str, int]]:
+def other_monthly_tables(admin: TableAdmin, prefix: str, now: dt.datetime, skip: set[str]) -> list[tuple[str, int]]:
     """Every other ``{prefix}_YYYY_MM`` table with its age in months, oldest first."""
     found = []
     for name in admin.list_tables(f"{prefix}_"):

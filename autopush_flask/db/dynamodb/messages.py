@@ -193,9 +193,7 @@ class MessageStore:
 
     def save_message(self, uaid: str, notification: Notification) -> None:
         """Unconditional put: a topic message replaces its predecessor."""
-        self._db.call(
-            "put_item", TableName=self.table, Item=to_item(notification.to_item(uaid))
-        )
+        self._db.call("put_item", TableName=self.table, Item=to_item(notification.to_item(uaid)))
 
     def save_messages(self, uaid: str, notifications: Sequence[Notification]) -> None:
         """Batch writes of at most 25, resending whatever DynamoDB left unprocessed.
@@ -253,9 +251,7 @@ class MessageStore:
             return False
         return True
 
-    def fetch_topic_messages(
-        self, uaid: str, limit: int = TOPIC_FETCH_LIMIT
-    ) -> tuple[int | None, list[Notification]]:
+    def fetch_topic_messages(self, uaid: str, limit: int = TOPIC_FETCH_LIMIT) -> tuple[int | None, list[Notification]]:
         """The bookmark and up to ``limit - 1`` topic (and legacy) messages."""
         items = self._query(uaid, "chidmessageid < :key", TIMESTAMP_PREFIX, limit)
         bookmark = None

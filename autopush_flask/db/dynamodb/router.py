@@ -33,9 +33,7 @@ class RouterStore:
     emulator never does), so reads treat an expired record as absent.
     """
 
-    def __init__(
-        self, db: DynamoCalls, table: str, lifetime: int, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, db: DynamoCalls, table: str, lifetime: int, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self.table = table
         self._lifetime = lifetime
@@ -54,9 +52,7 @@ class RouterStore:
         An item holding nothing but ``uaid`` is debris of an interrupted
         write: it is deleted and reported as absent.
         """
-        response = self._db.call(
-            "get_item", TableName=self.table, Key=self._key(uaid), ConsistentRead=True
-        )
+        response = self._db.call("get_item", TableName=self.table, Key=self._key(uaid), ConsistentRead=True)
         return self.user_from_item(uaid, from_item(response.get("Item")))
 
     def user_from_item(self, uaid: str, item: dict) -> User | None:
@@ -112,13 +108,15 @@ class RouterStore:
             return False, {}
         return True, from_item(response.get("Attributes"))
 
-    def update_router_data(
-        self, uaid: str, router_type: str, router_data: dict, connected_at: int
-    ) -> bool:
+    def update_router_data(self, uaid: str, router_type: str, router_data: dict, connected_at: int) -> bool:
         """Bridge token update; the router type may change (docs/architecture.md#records-and-messages)."""
         expression, names, values = _set_expression(
-            {"router_type": router_type, "router_data": router_data, "connected_at": connected_at,
-             "expiry": self.expiry()}
+            {
+                "router_type": router_type,
+                "router_data": router_data,
+                "connected_at": connected_at,
+                "expiry": self.expiry(),
+            }
         )
         return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
 
@@ -139,21 +137,15 @@ class RouterStore:
 
     def update_message_month(self, uaid: str, table: str, last_connect: int) -> bool:
         """Rotation mode: point the record at the table now holding the user's data."""
-        expression, names, values = _set_expression(
-            {"current_month": table, "last_connect": last_connect}
-        )
+        expression, names, values = _set_expression({"current_month": table, "last_connect": last_connect})
         return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
 
     def drop_user(self, uaid: str) -> bool:
         """Delete the record; ``True`` if there was one. Messages expire on their own."""
-        response = self._db.call(
-            "delete_item", TableName=self.table, Key=self._key(uaid), ReturnValues="ALL_OLD"
-        )
+        response = self._db.call("delete_item", TableName=self.table, Key=self._key(uaid), ReturnValues="ALL_OLD")
         return bool(response.get("Attributes"))
 
-    def _conditional_update(
-        self, uaid: str, expression: str, condition: str, names: dict | None, values: dict
-    ) -> bool:
+    def _conditional_update(self, uaid: str, expression: str, condition: str, names: dict | None, values: dict) -> bool:
         extra = {"ExpressionAttributeNames": names} if names else {}
         try:
             self._db.call(

@@ -112,9 +112,7 @@ class ItemClient:
         target = TARGET_PREFIX + ITEM_OPERATIONS[operation]
         body = json.dumps(params, separators=(",", ":")).encode()
         frozen = self._credentials.get_frozen_credentials()
-        headers = self._signer.headers(
-            target, body, frozen.access_key, frozen.secret_key, frozen.token, self._clock()
-        )
+        headers = self._signer.headers(target, body, frozen.access_key, frozen.secret_key, frozen.token, self._clock())
         headers.append(("user-agent", self._user_agent))
         try:
             response = self._pool.request("POST", "/", headers, body)
@@ -143,4 +141,3 @@ def _error_from(operation: str, status: int, body: bytes) -> StorageError:
         kind = StorageUnavailable if status >= 500 else StorageError
         return kind(f"{operation}: HTTP {status}: {message}", operation, f"HTTP{status}")
     return error_for_code(code)(f"{operation}: {code}: {message}", operation, code)
-

@@ -47,8 +47,10 @@ class Migration(NamedTuple):
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, (
-        """CREATE TABLE router (
+    Migration(
+        1,
+        (
+            """CREATE TABLE router (
             uaid text COLLATE "C" PRIMARY KEY,
             router_type text,
             connected_at bigint,
@@ -60,15 +62,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             critical_failure text,
             expiry bigint NOT NULL
         )""",
-        "CREATE INDEX router_expiry ON router (expiry)",
-        """CREATE TABLE channel_lists (
+            "CREATE INDEX router_expiry ON router (expiry)",
+            """CREATE TABLE channel_lists (
             uaid text COLLATE "C" PRIMARY KEY,
             channel_ids text[] NOT NULL DEFAULT '{}',
             bookmark bigint,
             expiry bigint NOT NULL
         )""",
-        "CREATE INDEX channel_lists_expiry ON channel_lists (expiry)",
-        """CREATE TABLE messages (
+            "CREATE INDEX channel_lists_expiry ON channel_lists (expiry)",
+            """CREATE TABLE messages (
             uaid text COLLATE "C" NOT NULL,
             sort_key text COLLATE "C" NOT NULL,
             ttl bigint NOT NULL,
@@ -79,8 +81,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             headers jsonb,
             PRIMARY KEY (uaid, sort_key)
         )""",
-        "CREATE INDEX messages_expiry ON messages (expiry)",
-    )),
+            "CREATE INDEX messages_expiry ON messages (expiry)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

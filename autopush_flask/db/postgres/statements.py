@@ -24,9 +24,7 @@ TIMESTAMP_KEYS_BELOW = f"{TIMESTAMP_PREFIX};"
 
 def columns(names: Sequence[str], table: str | None = None) -> sql.Composable:
     """A quoted column list, qualified by ``table`` when given."""
-    return sql.SQL(", ").join(
-        sql.Identifier(table, name) if table else sql.Identifier(name) for name in names
-    )
+    return sql.SQL(", ").join(sql.Identifier(table, name) if table else sql.Identifier(name) for name in names)
 
 
 GET_USER = sql.SQL("SELECT {columns} FROM router WHERE uaid = %(uaid)s AND expiry > %(now)s").format(
@@ -89,8 +87,7 @@ REMOVE_CHANNEL = (
     "WHERE uaid = %(uaid)s AND expiry > %(now)s AND %(channel_id)s::text = ANY(channel_ids)"
 )
 TOUCH_CHANNELS = (
-    "UPDATE channel_lists SET expiry = GREATEST(expiry, %(expiry)s) "
-    "WHERE uaid = %(uaid)s AND expiry > %(now)s"
+    "UPDATE channel_lists SET expiry = GREATEST(expiry, %(expiry)s) WHERE uaid = %(uaid)s AND expiry > %(now)s"
 )
 # advance_bookmark from "unset": like DynamoDB's update with
 # attribute_not_exists, it creates the list item when there is none.

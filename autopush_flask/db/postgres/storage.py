@@ -106,6 +106,7 @@ STATEMENT_TIMEOUT_MS = 10_000
 CONFIGURATION_SQLSTATES = frozenset({"28000", "28P01", "3D000"})
 CONFIGURATION_PHRASES = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
 
+
 class _Link:
     """What the pool's last attempt to connect showed: tells an outage from overload."""
 
@@ -410,19 +411,24 @@ class PostgresStorage:
         Only what a hello changes is written (like the DynamoDB update):
         anything else written meanwhile, a bridge token say, stays.
         """
-        values: dict[str, Any] = {"router_type": WEBPUSH, "node_id": node_id, "connected_at": connected_at,
-                  "expiry": self._router_expiry()}
+        values: dict[str, Any] = {
+            "router_type": WEBPUSH,
+            "node_id": node_id,
+            "connected_at": connected_at,
+            "expiry": self._router_expiry(),
+        }
         query = sql.SQL(CLAIM_USER).format(
             columns=columns(ROUTER_COLUMNS),
             updates=sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"set_{name}"))
-                for name in values
+                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"set_{name}")) for name in values
             ),
             prior_columns=columns(ROUTER_COLUMNS, "prior"),
         )
         params = {f"set_{name}": value for name, value in values.items()}
         params.update(
-            uaid=user.uaid, now=self._now(), claim_router_type=user.router_type,
+            uaid=user.uaid,
+            now=self._now(),
+            claim_router_type=user.router_type,
             claim_connected_at=connected_at,
         )
         rows = self._fetch("claim_user", query, params)
@@ -440,8 +446,12 @@ class PostgresStorage:
 
     def update_router_data(self, uaid: str, router_type: str, router_data: dict, connected_at: int) -> bool:
         params = {
-            "uaid": uaid, "router_type": router_type, "router_data": _json(router_data),
-            "connected_at": connected_at, "expiry": self._router_expiry(), "now": self._now(),
+            "uaid": uaid,
+            "router_type": router_type,
+            "router_data": _json(router_data),
+            "connected_at": connected_at,
+            "expiry": self._router_expiry(),
+            "now": self._now(),
         }
         return self._execute("update_router_data", UPDATE_ROUTER_DATA, params) == 1
 
@@ -504,9 +514,7 @@ class PostgresStorage:
             with connection.cursor() as cursor:
                 cursor.executemany(SAVE_MESSAGE, rows)
             if stamps:
-                connection.execute(
-                    LOWER_BOOKMARK, {"uaid": user.uaid, "lowered": min(stamps) - 1, "now": self._now()}
-                )
+                connection.execute(LOWER_BOOKMARK, {"uaid": user.uaid, "lowered": min(stamps) - 1, "now": self._now()})
 
     def delete_message(self, user: User, sort_key: str, updateid: str | None = None) -> bool:
         return self.cancel_message(user.uaid, sort_key, updateid)
@@ -519,8 +527,11 @@ class PostgresStorage:
 
     def fetch_topic_messages(self, user: User, limit: int = TOPIC_FETCH_LIMIT) -> tuple[int | None, list[Notification]]:
         params = {
-            "uaid": user.uaid, "now": self._now(), "limit": max(limit - 1, 0),
-            "from": TIMESTAMP_KEYS_FROM, "below": TIMESTAMP_KEYS_BELOW,
+            "uaid": user.uaid,
+            "now": self._now(),
+            "limit": max(limit - 1, 0),
+            "from": TIMESTAMP_KEYS_FROM,
+            "below": TIMESTAMP_KEYS_BELOW,
         }
         rows = self._fetch("fetch_topic_messages", FETCH_TOPIC_MESSAGES, params)
         messages = self._notifications(row for row in rows if row["chidmessageid"] is not None)
@@ -530,8 +541,11 @@ class PostgresStorage:
         self, user: User, bookmark: int | None, limit: int = TIMESTAMP_FETCH_LIMIT
     ) -> tuple[int | None, list[Notification]]:
         params = {
-            "uaid": user.uaid, "now": self._now(), "limit": limit,
-            "after": max(after_bookmark_key(bookmark), TIMESTAMP_KEYS_FROM), "below": TIMESTAMP_KEYS_BELOW,
+            "uaid": user.uaid,
+            "now": self._now(),
+            "limit": limit,
+            "after": max(after_bookmark_key(bookmark), TIMESTAMP_KEYS_FROM),
+            "below": TIMESTAMP_KEYS_BELOW,
         }
         messages = self._notifications(self._fetch("fetch_timestamp_messages", FETCH_TIMESTAMP_MESSAGES, params))
         stamps = [m.sortkey_timestamp for m in messages if m.sortkey_timestamp is not None]

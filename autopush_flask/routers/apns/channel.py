@@ -51,9 +51,7 @@ class ApnsChannel:
     token: ProviderToken | None  # None: certificate auth
 
     @classmethod
-    def from_config(
-        cls, name: str, config: dict[str, Any], clock: Callable[[], float] = time.time
-    ) -> ApnsChannel:
+    def from_config(cls, name: str, config: dict[str, Any], clock: Callable[[], float] = time.time) -> ApnsChannel:
         sandbox = _flag(config.get("sandbox"))
         base_url = (config.get("url") or (SANDBOX_URL if sandbox else PRODUCTION_URL)).rstrip("/")
         topic = config.get("topic") or DEFAULT_TOPIC.format(channel=name)

@@ -29,7 +29,10 @@ class ProviderToken:
     """The ES256 provider JWT of one channel, reused until it is 50 minutes old."""
 
     def __init__(
-        self, key: ec.EllipticCurvePrivateKey, key_id: str, team_id: str,
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        key_id: str,
+        team_id: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = key
