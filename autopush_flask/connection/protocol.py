@@ -23,6 +23,11 @@ UAID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 INVALID_UUID = "Invalid UUID specified"
 BAD_UUID_FORMAT = "Bad UUID format, use lower case, dashed format"
 NACK_CODES = frozenset({301, 302, 303})
+# Ack codes a client may send per update (docs/protocol.md#ack): 100 delivered,
+# 101 decryption failed, 102 not delivered. Anything else is tagged "other", so
+# a client cannot mint metric tag values.
+ACK_CODES = frozenset({100, 101, 102})
+ACK_CODE_DECRYPTION_FAILED = "101"
 
 
 class ProtocolError(Exception):
@@ -68,10 +73,19 @@ class Unregister:
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
-    """The versions of the well-formed updates (possibly none)."""
+class AckedUpdate:
+    """One well-formed update of an ack; ``code`` is already a bounded metric tag (``ack_code_tag``)."""
 
-    versions: tuple[str, ...]
+    channel_id: str
+    version: str
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The well-formed updates (possibly none)."""
+
+    updates: tuple[AckedUpdate, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +162,7 @@ def _ack(message: dict) -> Ack | Rejected:
         return Rejected(None)
     return Ack(
         tuple(
-            update["version"]
+            AckedUpdate(update["channelID"], update["version"], ack_code_tag(update.get("code")))
             for update in updates
             if isinstance(update, dict) and all(isinstance(update.get(key), str) for key in ("channelID", "version"))
         )
@@ -223,6 +237,15 @@ def integer_code(value: Any, default: int) -> int:
 
 def nack_tag(code: int) -> int:
     return code if code in NACK_CODES else 0
+
+
+def ack_code_tag(value: Any) -> str:
+    """An update's ``code`` as a metric tag: "100"–"102", "none" when absent, "other" for anything else."""
+    if value is None:
+        return "none"
+    if isinstance(value, int) and not isinstance(value, bool) and value in ACK_CODES:
+        return str(value)
+    return "other"
 
 
 def error_reply(message_type: str, status: int, reason: str | None = None, channel_id: Any = None) -> dict:

@@ -12,12 +12,13 @@ from collections.abc import Generator, Iterable
 from typing import Any
 
 from autopush_flask.connection.effects import NodeRequest
-from autopush_flask.connection.protocol import Ack, Nack
+from autopush_flask.connection.protocol import ACK_CODE_DECRYPTION_FAILED, Ack, AckedUpdate, Nack
 from autopush_flask.connection.retries import report_given_up
-from autopush_flask.connection.session.base import Effects, RecentVersions, SessionBase
+from autopush_flask.connection.session.base import Effects, RecentVersions, SessionBase, log
 from autopush_flask.connection.storage_ops import DeleteMessage, GetUser, SaveLateMessages
 from autopush_flask.crypto.message_ids import InvalidMessageIdError, MessageId
 from autopush_flask.db import Notification, StorageError
+from autopush_flask.logging import log_fields
 
 
 class DeliveryMixin(SessionBase):
@@ -32,11 +33,11 @@ class DeliveryMixin(SessionBase):
 
     def _ack(self, message: Ack) -> Effects:
         self.ctx.metrics.increment("ua.command.ack")
-        for version in message.versions:
-            yield from self._ack_one(version)
+        for update in message.updates:
+            yield from self._ack_one(update)
         yield from self._after_acks()
 
-    def _ack_one(self, version: str) -> Effects:
+    def _ack_one(self, update: AckedUpdate) -> Effects:
         """Forget an acknowledged notification and delete its stored copy, if it has one.
 
         Every stored message is deleted when acked, timestamp messages too:
@@ -45,11 +46,15 @@ class DeliveryMixin(SessionBase):
         A direct notification has a stored copy only when the endpoint stored
         it first (durable direct delivery), or when the drain met it in
         storage while it awaited this ack; otherwise an ack costs no storage call.
+        Any code acknowledges: a client that could not decrypt (101) would fail again.
         """
+        version = update.version
         direct = self.unacked_direct.pop(version, None)
         stored = self.unacked_stored.pop(version, None)
-        if direct is None and stored is None:
+        sent = direct or stored
+        if sent is None:
             return
+        self._count_ack_code(update.code, sent.channel_id)
         self._remember_ack(version)
         if direct is not None:
             self.stats.direct_acked += 1
@@ -58,6 +63,17 @@ class DeliveryMixin(SessionBase):
         copy = stored or (direct if direct is not None and direct.stored else None)
         if copy is not None:
             yield from self._delete_stored(copy)
+
+    def _count_ack_code(self, code: str, channel_id: str) -> None:
+        """Per-update outcome, so operators see a rising decryption-failure rate.
+
+        Only acks of notifications this session sent count: a made-up or
+        repeated version cannot inflate the rate. The channel id logged is
+        the notification's own, not the one the client wrote in its ack.
+        """
+        self.ctx.metrics.increment("ua.notification.ack", tags={"code": code})
+        if code == ACK_CODE_DECRYPTION_FAILED:
+            log.info("Decryption failed", extra=log_fields(channel_id=channel_id, uaid_hash=self.uaid))
 
     def _remember_ack(self, version: str) -> None:
         if self.recent_acks is None:
