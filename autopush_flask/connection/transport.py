@@ -195,8 +195,8 @@ class ClientConnection:
         unacknowledged, or stays busy (e.g. not reading) for ``DELIVER_WAIT_SECONDS``.
 
         Unacknowledged ones stay in memory until acked or the client leaves;
-        the cap keeps a client that never acks (each ~1.4× the 4 KiB payload
-        limit) from growing without bound.
+        the cap keeps a client that never acks (each ~1.4× the 5630-byte
+        ``AUTOPUSH_MAX_DATA``) from growing without bound.
         """
         settings = self.node.settings
         if self.finished or self.waiting_direct >= settings.client_queue_size:

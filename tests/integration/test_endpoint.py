@@ -233,7 +233,7 @@ def test_70_73_token_from_the_second_key_and_message_ids(stack: Stack) -> None:
         ({"Content-Encoding": "aes128gcm", "Encryption": "salt=abc"}, b"x", 400, 110),
         ({"Content-Encoding": "aes128gcm", "Crypto-Key": "dh=abc"}, b"x", 400, 110),
         ({"Content-Encoding": "aesgcm", "Encryption": "noequals"}, b"x", 400, 110),
-        ({"Content-Encoding": "aes128gcm"}, b"x" * 4097, 413, 104),
+        ({"Content-Encoding": "aes128gcm"}, b"x" * 5631, 413, 104),
     ],
 )
 def test_75_90_invalid_headers(stack: Stack, headers: dict, body: bytes, status: int, errno: int) -> None:
@@ -259,6 +259,7 @@ def test_75_missing_ttl_even_when_connected(stack: Stack) -> None:
         ({"Topic": "a" * 32}, b"", "60"),
         ({"Content-Encoding": "aes128gcm"}, b"x", "60"),
         ({"Content-Encoding": "aes128gcm"}, b"x" * 4096, "60"),
+        ({"Content-Encoding": "aes128gcm"}, b"x" * 5630, "60"),  # default AUTOPUSH_MAX_DATA
         ({"Urgency": "high"}, b"", "60"),
     ],
 )

@@ -33,7 +33,7 @@ from tests.support.webpush import AppServer, Subscription, b64url_decode
 PUBLIC_HOST = "push.example.test"
 FIREFOX_PING_INTERVAL = 30 * 60  # dom.push.pingInterval (docs/architecture.md#how-a-push-travels)
 AUTO_PING_INTERVAL = 300  # AUTOPUSH_AUTO_PING_INTERVAL default
-MAX_DATA = 4096  # AUTOPUSH_MAX_DATA default
+MAX_DATA = 5630  # AUTOPUSH_MAX_DATA default
 
 
 # ---- fixtures -------------------------------------------------------------------

@@ -66,7 +66,7 @@ def test_defaults_of_a_connection_node() -> None:
 def test_defaults_of_an_endpoint_node() -> None:
     settings = load(ENDPOINT, {"AUTOPUSH_HOSTNAME": "e"})
     assert (settings.port, settings.statsd_prefix) == (8082, "autoendpoint")
-    assert settings.max_data == 4096
+    assert settings.max_data == 5630
     assert settings.max_notification_ttl == 2_592_000
     assert settings.sts_max_age == 31_536_000
     assert settings.cors is True
