@@ -23,6 +23,8 @@ from typing import Any
 from cryptography.fernet import Fernet
 from marshmallow import Schema, ValidationError, fields, validate
 
+from autopush_flask.crypto.vapid import decode_vapid_public_key
+
 PREFIX = "AUTOPUSH_"
 CONFIG_FILE_VARIABLE = "AUTOPUSH_CONFIG_FILE"
 INI_SECTION = "autopush"
@@ -137,6 +139,17 @@ def _validate_auth_keys(keys: tuple[str, ...]) -> None:
             f"Each key must be at least {MIN_AUTH_KEY_BYTES} bytes (an HMAC-SHA256 key); "
             f"generate one with {KEY_COMMAND}."
         )
+
+
+def _validate_vapid_keys(keys: tuple[str, ...]) -> None:
+    """Each entry must be a P-256 point, so a typo cannot silently lock every publisher out."""
+    for key in keys:
+        try:
+            decode_vapid_public_key(key)
+        except ValueError as error:
+            raise ValidationError(
+                f"{key[:16]}… is not a VAPID public key: base64url of an uncompressed P-256 point ({error})."
+            ) from error
 
 
 def _validate_object_of_objects(value: dict) -> None:
@@ -255,7 +268,9 @@ class Settings:
     sentry_dsn: str | None = setting(
         _text(), "Report errors to Sentry (sentry-sdk's Flask integration) when set.", default_doc="none"
     )
-    max_data: int = setting(fields.Integer(load_default=4096, validate=POSITIVE), "Maximum raw push body in bytes.")
+    # 5630, not RFC 8030's minimum of 4096: Mozilla's server accepts that much, and
+    # senders that base64 a 4 KiB payload (4096 → 5462 bytes, plus headers) rely on it.
+    max_data: int = setting(fields.Integer(load_default=5630, validate=POSITIVE), "Maximum raw push body in bytes.")
     ssl_key: str | None = setting(
         _text(),
         "PEM private key: the public listener serves TLS (with `AUTOPUSH_SSL_CERT`).",
@@ -435,6 +450,19 @@ class Settings:
         "Memory per worker for remembering fully verified VAPID tokens; 0 disables.",
         ENDPOINT,
     )
+    allowed_vapid_keys: tuple[str, ...] = setting(
+        CommaList(load_default=(), validate=_validate_vapid_keys),
+        "VAPID public keys (base64url, as in `k=`) allowed to push; any other push gets 403 errno 120 "
+        "(docs/protocol.md#publisher-controls).",
+        ENDPOINT,
+        "none: any application server",
+    )
+    push_rate: int = setting(
+        fields.Integer(load_default=0, validate=NON_NEGATIVE),
+        "Pushes per minute per subscription, per endpoint worker; more get 429 errno 121 with `Retry-After`. "
+        "0 disables.",
+        ENDPOINT,
+    )
     node_request_timeout: float = setting(
         fields.Float(load_default=3.0, validate=NON_NEGATIVE),
         "Total seconds for `PUT /push` and `PUT /notif`.",
@@ -479,6 +507,12 @@ class Settings:
     )
     apns_timeout: float = setting(
         fields.Float(load_default=20.0, validate=NON_NEGATIVE), "Seconds per APNs request.", ENDPOINT
+    )
+    stub_router: bool = setting(
+        Flag(load_default=False),
+        "Enable the `stub` bridge, whose pushes succeed or fail as its app id says (docs/protocol.md#stub-bridge): "
+        "for app developers and staging only, never in production.",
+        ENDPOINT,
     )
     proxy_fix: bool = setting(
         Flag(load_default=False),
@@ -691,7 +725,7 @@ def _check_consistency(settings: Settings) -> None:
         raise SettingsError("invalid setting AUTOPUSH_ROUTER_SSL_KEY/AUTOPUSH_ROUTER_SSL_CERT: set both or neither")
     if settings.fcm_min_ttl > settings.fcm_max_ttl:
         raise SettingsError("invalid setting AUTOPUSH_FCM_MIN_TTL: greater than AUTOPUSH_FCM_MAX_TTL")
-    bridges = settings.fcm_credentials or settings.apns_channels
+    bridges = settings.fcm_credentials or settings.apns_channels or settings.stub_router
     if settings.node_type == ENDPOINT and bridges and not settings.auth_keys:
         raise SettingsError("invalid setting AUTOPUSH_AUTH_KEYS: required when a bridge is enabled")
 

@@ -69,6 +69,12 @@ MISSING_AUTHORIZATION = _unauthorized("Missing Authorization header")
 AUTHORIZATION_TOO_LONG = _unauthorized("Authorization header too long")
 VAPID_KEY_MISMATCH = _unauthorized("Key mismatch")
 
+# ---- publisher controls (docs/protocol.md#publisher-controls) -------------------------------------------------
+VAPID_REQUIRED = ErrorKind(403, 120, "VAPID required: this server accepts only its allowed application server keys")
+VAPID_KEY_NOT_ALLOWED = ErrorKind(403, 120, "VAPID key not allowed on this server")
+# Retry-After is added per push: the seconds until the subscription may push again.
+TOO_MANY_PUSHES = ErrorKind(429, 121, "Too many pushes to this subscription")
+
 # ---- request headers and body (docs/protocol.md#push-headers, docs/protocol.md#push) -----------------------------
 MISSING_TTL = ErrorKind(400, 111, "Missing TTL Header")
 INVALID_TTL = ErrorKind(400, 112, "Invalid TTL header value")
@@ -110,6 +116,7 @@ BRIDGE_REPORTED_ERROR = ErrorKind(502, None, "Bridge reported an error")
 APNS_UNREACHABLE = ErrorKind(502, 902, "Could not connect to APNs")
 APNS_TIMEOUT = ErrorKind(502, 903, "APNs did not answer in time")
 APNS_REFUSED = ErrorKind(502, None, "APNs error, {answer}")
+UNKNOWN_STUB_APP = ErrorKind(400, None, "Unknown stub app id: use one of {app_ids}")
 
 # ---- storage (docs/architecture.md#storage-errors) ----------------------------------------------------
 STORAGE_THROTTLED = ErrorKind(503, 201, "Please slow message send rate")

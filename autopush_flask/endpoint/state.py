@@ -14,11 +14,13 @@ from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.crypto.vapid import VapidVerifier
 from autopush_flask.db import Storage
 from autopush_flask.db.models import SortKeyClock
+from autopush_flask.endpoint.publisher_controls import PublisherControls
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.routers.apns import ApnsRouter
 from autopush_flask.routers.bridge import BridgeRouter, UnconfiguredBridge
 from autopush_flask.routers.delivery import Deliverer, Dispatcher, MessageStamper
 from autopush_flask.routers.fcm import FcmRouter
+from autopush_flask.routers.stub import DisabledStub, StubRouter
 from autopush_flask.routers.webpush import WebPushRouter, node_pool
 from autopush_flask.services import Services
 
@@ -32,6 +34,7 @@ class EndpointState:
     # Bridge routers with credentials: the types the registration API accepts.
     bridges: dict[str, BridgeRouter] = field(default_factory=dict)
     vapid: VapidVerifier = field(default_factory=VapidVerifier)
+    publisher_controls: PublisherControls = field(default_factory=PublisherControls)
 
     @property
     def settings(self) -> Settings:
@@ -65,12 +68,22 @@ def build_state(node_services: Services) -> EndpointState:
     )
     bridges = configured_bridges(node_services)
     deliverers: dict[str, Deliverer] = {"webpush": webpush}
-    deliverers.update({kind: bridges.get(kind) or UnconfiguredBridge(kind) for kind in BRIDGE_FACTORIES})
+    deliverers.update({kind: bridges.get(kind) or _unconfigured(kind) for kind in BRIDGE_FACTORIES})
     dispatcher = Dispatcher(MessageStamper(node_services.crypto_keys, SortKeyClock()), deliverers)
-    return EndpointState(node_services, dispatcher, bridges, VapidVerifier(settings.vapid_cache_bytes))
+    controls = PublisherControls.from_settings(settings.allowed_vapid_keys, settings.push_rate)
+    return EndpointState(node_services, dispatcher, bridges, VapidVerifier(settings.vapid_cache_bytes), controls)
 
 
-BRIDGE_FACTORIES = {"fcm": ("fcm_credentials", FcmRouter), "apns": ("apns_channels", ApnsRouter)}
+BRIDGE_FACTORIES = {
+    "fcm": ("fcm_credentials", FcmRouter),
+    "apns": ("apns_channels", ApnsRouter),
+    "stub": ("stub_router", StubRouter),  # a flag, not credentials (routers/stub.py)
+}
+
+
+def _unconfigured(kind: str) -> Deliverer:
+    """What answers pushes to records of a bridge this node does not enable."""
+    return DisabledStub() if kind == "stub" else UnconfiguredBridge(kind)
 
 
 def configured_bridges(node_services: Services) -> dict[str, BridgeRouter]:

@@ -36,7 +36,7 @@ from autopush_flask.push_errors import (
 )
 from autopush_flask.routers.delivery import DIRECT, Delivery
 
-BRIDGE_TYPES = ("fcm", "apns")
+BRIDGE_TYPES = ("fcm", "apns", "stub")
 LEGACY_DROPPED = "gcm"
 
 webpush = Blueprint("webpush", __name__)
@@ -55,6 +55,7 @@ def push(api_version: str, token: str) -> Response:
     state.metrics.increment("notification.received")
     subscription = _decrypt_token(token, api_version)
     vapid = _check_vapid(subscription)
+    state.publisher_controls.check(subscription, vapid, state.metrics)  # before any storage read
     user, channels = _load_user(subscription.uaid_text)
     _check_subscription(user, channels, subscription)
     body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
