@@ -59,7 +59,7 @@ fuzz: install
 	FUZZ_SCALE=full FUZZ_SEED=$(FUZZ_SEED) $(VPY) -m pytest tests/e2e/test_malformed_traffic.py \
 		tests/integration/test_fuzz_endpoint.py -p no:cacheprovider -o timeout=1800
 
-# The chaos soak for 10 minutes (`make test` runs it for 60 s): every push answered 201 must
+# The chaos soak for 10 minutes (`make test` runs it for 40 s): every push answered 201 must
 # be delivered, stored, expired or replaced while masters are reloaded, restarted and killed,
 # the database goes away and connections drop. It prints its seed; `SOAK_SEED=<n> make soak`
 # replays the fault schedule. Not AUTOPUSH_*: the nodes refuse unknown ones.

@@ -16,7 +16,7 @@ its version: the service may hand the same payload out under two versions
 unacknowledged message, which the protocol allows).
 
 Variables (deliberately not ``AUTOPUSH_*``: the nodes refuse unknown ones):
-``SOAK_SECONDS`` (default 60; ``make soak`` sets 600), ``SOAK_SEED`` (the
+``SOAK_SECONDS`` (default 40; ``make soak`` sets 600), ``SOAK_SEED`` (the
 chaos, sender and browser choices; default a fresh one, always printed),
 ``SOAK_CLIENTS`` (default 120 up to two minutes, else 300).
 """
@@ -54,14 +54,14 @@ from tests.support.webpush import AppServer, Subscription
 SECONDS_VARIABLE = "SOAK_SECONDS"
 SEED_VARIABLE = "SOAK_SEED"
 CLIENTS_VARIABLE = "SOAK_CLIENTS"
-DEFAULT_SECONDS = 60.0
-# Browsers: 120 keep the 60-s run near one core of the 2-core CI machine (all
+DEFAULT_SECONDS = 40.0
+# Browsers: 120 keep the short run near one core of the 2-core CI machine (all
 # nodes, dynalite and 120 reader threads); the long run takes a few hundred.
 SHORT_RUN_CLIENTS = 120
 LONG_RUN_CLIENTS = 300
 SHORT_RUN_LIMIT = 120.0
 PUSHES_PER_SECOND = 20.0
-# Each browser gets about rate × seconds / clients messages (10 in the 60-s run,
+# Each browser gets about rate × seconds / clients messages (about 7 in the 40-s run,
 # 40 in the 10-minute one): well under the 150 one drain may deliver before the
 # node resets the UAID (``AUTOPUSH_MSG_LIMIT``), which would void the promises.
 

@@ -1,6 +1,6 @@
 """Chaos soak: every push the endpoint accepted (201) is accounted for.
 
-`make test` runs it for 60 s (``SOAK_SECONDS``), `make soak` for 10 minutes.
+`make test` runs it for 40 s (``SOAK_SECONDS``), `make soak` for 10 minutes.
 Two connection masters × two workers, two endpoint masters and dynalite on
 disk; browsers with real P-256 keys decrypt and ack (some never ack, some
 drop TCP, some close and come back later); an application server sends
@@ -32,7 +32,7 @@ from tests.e2e.faults_support import report
 from tests.e2e.soak_support import SoakPlan, SoakRun, run_soak, soak_seconds
 
 # Set-up (~15 s), the chaos (at least one full round of faults), the drain and
-# the accounting: about 2 minutes for the 60-s run on two cores.
+# the accounting: about 2 minutes for the 40-s run on two cores.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(soak_seconds() * 1.5) + 240)]
 
 MODES = {
