@@ -23,8 +23,6 @@ from typing import Any
 from cryptography.fernet import Fernet
 from marshmallow import Schema, ValidationError, fields, validate
 
-from autopush_flask.crypto.vapid import decode_vapid_public_key
-
 PREFIX = "AUTOPUSH_"
 CONFIG_FILE_VARIABLE = "AUTOPUSH_CONFIG_FILE"
 INI_SECTION = "autopush"
@@ -143,6 +141,10 @@ def _validate_auth_keys(keys: tuple[str, ...]) -> None:
 
 def _validate_vapid_keys(keys: tuple[str, ...]) -> None:
     """Each entry must be a P-256 point, so a typo cannot silently lock every publisher out."""
+    # Imported here: the gunicorn master loads this module before its workers
+    # monkey-patch, and the VAPID module pulls in PyJWT (and its ssl users).
+    from autopush_flask.crypto.vapid import decode_vapid_public_key
+
     for key in keys:
         try:
             decode_vapid_public_key(key)
