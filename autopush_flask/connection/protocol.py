@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from autopush_flask import urgency
 from autopush_flask.crypto.endpoints import decode_app_server_key
 from autopush_flask.db.models import Notification
 
@@ -104,13 +105,20 @@ class BroadcastSubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Urgency:
+    """``{"messageType": "urgency", "min": …}`` with a valid level (docs/protocol.md#urgency)."""
+
+    minimum: str
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """A message invalid in itself: answered with ``reply``, or ignored (``None``)."""
 
     reply: dict | None
 
 
-ClientMessage = Hello | Register | Unregister | Ack | Nack | Ping | BroadcastSubscribe | Rejected
+ClientMessage = Hello | Register | Unregister | Ack | Nack | Ping | BroadcastSubscribe | Urgency | Rejected
 
 
 def parse_client_message(text: str) -> ClientMessage | None:
@@ -180,6 +188,14 @@ def _broadcast_subscribe(message: dict) -> BroadcastSubscribe:
     return BroadcastSubscribe(_broadcasts(message))
 
 
+def _urgency(message: dict) -> Urgency | Rejected:
+    minimum = message.get("min")
+    level = urgency.parse(minimum) if isinstance(minimum, str) else None
+    if level is None:
+        return Rejected(error_reply("urgency", 400, "min must be very-low, low, normal or high"))
+    return Urgency(level)
+
+
 def _broadcasts(message: dict) -> dict:
     requested = message.get("broadcasts")
     return requested if isinstance(requested, dict) else {}
@@ -192,6 +208,7 @@ _PARSERS: dict[str, Callable[[dict], ClientMessage]] = {
     "ack": _ack,
     "nack": _nack,
     "broadcast_subscribe": _broadcast_subscribe,
+    "urgency": _urgency,
 }
 
 

@@ -49,6 +49,13 @@ class RefreshUser:
 
 
 @dataclass(frozen=True)
+class SetMinUrgency:
+    name: ClassVar[str] = "set_min_urgency"
+    user: User
+    urgency: str
+
+
+@dataclass(frozen=True)
 class DropUser:
     name: ClassVar[str] = "drop_user"
     uaid: str
@@ -130,6 +137,7 @@ StorageOp = (
     | AddUser
     | ClaimUser
     | RefreshUser
+    | SetMinUrgency
     | DropUser
     | MigrateUser
     | GetChannels
@@ -157,6 +165,8 @@ def run_storage(storage: Storage, op: StorageOp) -> Any:
             return storage.claim_user(user, node_id, connected_at)
         case RefreshUser(user=user):
             return storage.refresh_user(user)
+        case SetMinUrgency(user=user, urgency=level):
+            return storage.set_min_urgency(user, level)
         case DropUser(uaid=uaid):
             return storage.drop_user(uaid)
         case MigrateUser(user=user, bookmark=bookmark):

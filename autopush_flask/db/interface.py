@@ -124,6 +124,14 @@ class Storage(Protocol):
         """Forget ``node_id`` only if the record still names this node and connection."""
         ...
 
+    def set_min_urgency(self, user: User, urgency: str) -> bool:
+        """Keep the browser's minimum urgency on its record (docs/protocol.md#urgency); ``False`` when it is gone.
+
+        Nothing else of the record changes, its expiry neither: the browser
+        is connected, and its hello refreshed that.
+        """
+        ...
+
     def drop_user(self, uaid: str) -> bool:
         """Delete the record (its messages expire on their own); ``True`` if there was one."""
         ...

@@ -233,6 +233,14 @@ class MemoryStorage:
         return True
 
     @_operation()
+    def set_min_urgency(self, user: User, urgency: str) -> bool:
+        item = self._user_item(user.uaid)
+        if item is None:
+            return False
+        item["urgency"] = urgency
+        return True
+
+    @_operation()
     def remove_node_id(self, uaid: str, node_id: str, connected_at: int) -> bool:
         item = self._user_item(uaid)
         if item is None or item.get("node_id") != node_id or item.get("connected_at") != connected_at:

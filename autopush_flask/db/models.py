@@ -61,6 +61,9 @@ class User:
     last_connect: int | None = None
     critical_failure: str | None = None
     expiry: int | None = None
+    # The lowest urgency the browser asked for (docs/protocol.md#urgency);
+    # ``None``: every level.
+    urgency: str | None = None
 
     def to_item(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -97,6 +100,8 @@ class Notification:
     data: str | None = None
     headers: dict[str, str] | None = field(default=None)
     legacy: bool = False
+    # The sender's Urgency header; ``None`` for "normal" (docs/protocol.md#urgency).
+    urgency: str | None = None
     # Already in the message table (read from it, or stored by the endpoint
     # before handing it to a node): never stored again by a node.
     stored: bool = False
@@ -128,6 +133,7 @@ class Notification:
             "expiry": self.timestamp + min(self.ttl, THIRTY_DAYS),
             "data": self.data or None,
             "headers": (self.headers or None) if self.data else None,
+            "urgency": self.urgency,
         }
 
     @classmethod
@@ -142,6 +148,7 @@ class Notification:
             timestamp=int(item.get("timestamp", 0)),
             data=item.get("data"),
             headers=item.get("headers"),
+            urgency=item.get("urgency"),
             stored=True,
             **{k: v for k, v in parsed.items() if k != "version"},
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
 
+from autopush_flask import urgency
 from autopush_flask.crypto.crypto_key_header import parse_crypto_params
 from autopush_flask.push_errors import (
     AES128GCM_WITH_KEYS,
@@ -21,6 +22,7 @@ from autopush_flask.push_errors import (
     AESGCM_WITHOUT_SALT,
     INVALID_TOPIC,
     INVALID_TTL,
+    INVALID_URGENCY,
     MISSING_TTL,
     NEGATIVE_TTL,
     UNKNOWN_ENCODING,
@@ -61,6 +63,16 @@ class TopicField(fields.String):
         return topic
 
 
+class UrgencyField(fields.String):
+    """``Urgency``: one of the four levels, any case (docs/protocol.md#urgency)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        level = urgency.parse(str(value))
+        if level is None:
+            raise PushError(INVALID_URGENCY)
+        return level
+
+
 class PushHeadersSchema(Schema):
     """The headers of ``POST /wpush/…`` an application server sends."""
 
@@ -81,7 +93,15 @@ class PushHeadersSchema(Schema):
             "pattern": BASE64URL_VALUE.pattern,
         },
     )
-    urgency = fields.String(data_key="Urgency", load_default=None, metadata={"description": "Accepted and ignored."})
+    urgency = UrgencyField(
+        data_key="Urgency",
+        load_default=None,
+        metadata={
+            "description": "very-low, low, normal (the default) or high. A browser may ask for nothing below "
+            "a level: the message is then kept until it lowers its minimum. Bridges map it to their priority.",
+            "enum": list(urgency.LEVELS),
+        },
+    )
     content_encoding = fields.String(
         data_key="Content-Encoding",
         load_default=None,
@@ -144,8 +164,8 @@ class RegistrationSchema(SubscriptionSchema):
 
 
 class BridgePathSchema(Schema):
-    router_type = fields.String(metadata={"description": "fcm or apns"})
-    app_id = fields.String(metadata={"description": "FCM app id or APNs release channel"})
+    router_type = fields.String(metadata={"description": "fcm, apns, or stub where AUTOPUSH_STUB_ROUTER is on"})
+    app_id = fields.String(metadata={"description": "FCM app id, APNs release channel or stub outcome"})
     uaid = fields.String(metadata={"description": "UAID (any UUID spelling)"})
     chid = fields.String(metadata={"description": "Channel id (any UUID spelling)"})
 
@@ -165,16 +185,17 @@ class PushHeaders:
     ttl: int
     topic: str | None
     crypto_headers: dict[str, str] | None
+    urgency: str | None = None
 
 
 PUSH_HEADERS = PushHeadersSchema()
 
 
 def parse_push_headers(headers: Any, has_body: bool, max_ttl: int) -> PushHeaders:
-    """Validate TTL, Topic and, with a body, the encoding headers (docs/protocol.md#push-headers)."""
+    """Validate TTL, Topic, Urgency and, with a body, the encoding headers (docs/protocol.md#push-headers)."""
     values = PUSH_HEADERS.load({name: headers[name] for name in _HEADER_NAMES if name in headers})
     crypto_headers = _crypto_headers(values) if has_body else None
-    return PushHeaders(min(values["ttl"], max_ttl), values["topic"], crypto_headers)
+    return PushHeaders(min(values["ttl"], max_ttl), values["topic"], crypto_headers, values["urgency"])
 
 
 _HEADER_NAMES = [field.data_key or name for name, field in PUSH_HEADERS.fields.items()]

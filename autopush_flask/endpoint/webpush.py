@@ -167,6 +167,7 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
         topic=headers.topic,
         data=encode_base64url(body) if body else None,
         headers=headers.crypto_headers if body else None,
+        urgency=headers.urgency,
     )
 
 

@@ -44,6 +44,7 @@ from google.auth.transport.requests import Request as GoogleAuthRequest
 from google.oauth2 import service_account
 from requests.adapters import HTTPAdapter
 
+from autopush_flask import urgency
 from autopush_flask.config import Settings
 from autopush_flask.db import Notification, Storage, User
 from autopush_flask.logging import log_fields
@@ -234,7 +235,7 @@ class FcmRouter:
         if excess > 0:
             raise self._failure(app_id, "too_much_data", BRIDGE_DATA_TOO_LARGE, excess=excess)
         ttl = min(self._settings.fcm_max_ttl, max(self._settings.fcm_min_ttl, notification.ttl))
-        message = {"message": {"token": token, "android": {"ttl": f"{ttl}s", "data": data}}}
+        message = {"message": {"token": token, "android": _android_config(notification, ttl, data)}}
         try:
             payload = _compact_json(message)
         except UNSENDABLE as error:  # a record from before tokens were checked (lone surrogates)
@@ -294,6 +295,21 @@ class FcmRouter:
             # Racing creators build one each; all of them use the first stored.
             client = self._clients.setdefault(app_id, client)
         return client
+
+
+def _android_config(notification: Notification, ttl: int, data: dict) -> dict[str, Any]:
+    """Urgency sets the Android priority, and a Topic the collapse key (docs/protocol.md#bridges).
+
+    FCM delivers NORMAL messages when the device wakes and HIGH ones at once.
+    """
+    config: dict[str, Any] = {
+        "ttl": f"{ttl}s",
+        "priority": "NORMAL" if urgency.is_low(notification.urgency) else "HIGH",
+        "data": data,
+    }
+    if notification.topic:
+        config["collapse_key"] = notification.topic
+    return config
 
 
 def _record_target(router_data: dict) -> tuple[str | None, str | None]:

@@ -20,6 +20,7 @@ import logging
 import ssl
 from typing import Any, cast
 
+from autopush_flask import urgency
 from autopush_flask.db import Notification, Storage, StorageError, User
 from autopush_flask.keepalive import HTTPFailure, HTTPTimeout, PoolManager
 from autopush_flask.logging import log_fields
@@ -71,22 +72,27 @@ class WebPushRouter:
 
         ``notification`` comes stamped and keeps its version. In durable mode
         a message with a TTL is stored first and offered to the node as
-        already stored; "Direct" then means the node took it.
+        already stored; "Direct" then means the node took it. A message below
+        the browser's minimum urgency is held: stored, never offered (a TTL 0
+        one is discarded), until the browser lowers its minimum (docs/protocol.md#urgency).
         """
+        held = urgency.is_below(notification.urgency, user.urgency)
         durable = self._durable and notification.ttl > 0
         if durable:
             self._store(user, notification)
-        status = self._offer_to_node(user, notification) if user.node_id else None
+        offered = bool(user.node_id) and not held
+        status = self._offer_to_node(user, notification) if offered else None
         if status == NODE_TOOK_IT:
             return DIRECT
+        unreachable = offered and status is None
         if notification.ttl == 0:
-            self._forget_if_unreachable(user, status)
+            self._forget_if_unreachable(user, unreachable)
             self._metrics.increment("notification.message.expired")
             return EXPIRED
         if not durable:
             self._store(user, notification)
-        self._forget_if_unreachable(user, status)
-        self._notify_node_after_store(user.uaid)
+        self._forget_if_unreachable(user, unreachable)
+        self._notify_node_after_store(user.uaid, notification)
         return STORED
 
     def _offer_to_node(self, user: User, notification: Notification) -> int | None:
@@ -103,8 +109,8 @@ class WebPushRouter:
         self._metrics.increment("notification.direct.delivery_status", tags={"status": status})
         return status
 
-    def _forget_if_unreachable(self, user: User, status: int | None) -> None:
-        if user.node_id and status is None:
+    def _forget_if_unreachable(self, user: User, unreachable: bool) -> None:
+        if user.node_id and unreachable:
             self._forget_node(user.uaid, user.node_id, user.connected_at)
 
     def _store(self, user: User, notification: Notification) -> None:
@@ -117,11 +123,13 @@ class WebPushRouter:
         notification.stored = True
         self._metrics.increment("notification.message.stored", tags={"topic": bool(notification.topic)})
 
-    def _notify_node_after_store(self, uaid: str) -> None:
+    def _notify_node_after_store(self, uaid: str, notification: Notification) -> None:
         """Catch a client that connected while we were storing (docs/architecture.md#stored-delivery).
 
         Raises 410 errno 105 when the record was deleted meanwhile: the
-        message is stored for a browser that will never fetch it.
+        message is stored for a browser that will never fetch it. A message
+        still held by the browser's minimum urgency, as read now, needs no
+        check: a browser lowers its minimum before it looks at storage.
         """
         try:
             user = self._storage.get_user(uaid)
@@ -130,7 +138,7 @@ class WebPushRouter:
         if user is None:
             self._metrics.increment("updates.client.deleted")
             raise PushError(GONE_DURING_REQUEST)
-        if user.node_id:
+        if user.node_id and not urgency.is_below(notification.urgency, user.urgency):
             try:
                 self._put(user.node_id, f"/notif/{uaid}", None)
             except NodeUnreachable:
@@ -177,6 +185,8 @@ def _node_payload(notification: Notification) -> dict:
         payload["sortkey_timestamp"] = notification.sortkey_timestamp
     if notification.stored:
         payload["stored"] = True
+    if notification.urgency:
+        payload["urgency"] = notification.urgency
     if notification.data:
         payload["data"] = notification.data
         payload["headers"] = notification.headers

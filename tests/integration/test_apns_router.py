@@ -7,6 +7,8 @@ Nothing is patched: the clock used for the JWT-refresh test is passed in.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import socket
@@ -241,6 +243,17 @@ def test_146_headers_topic_priority_expiration_push_type_and_id(make_router, sto
     assert APNS_ID.match(configured["apns-id"]) and APNS_ID.match(default["apns-id"])
     assert configured["apns-id"] != default["apns-id"]
     assert configured["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("urgency", "topic", "priority"),
+    [("very-low", "t1", "5"), ("low", None, "5"), ("normal", "t-2", "10"), ("high", None, "10"), (None, None, "10")],
+)
+def test_urgency_sets_the_priority_and_topic_the_collapse_id(router, storage, fake, urgency, topic, priority) -> None:
+    router.route(registered(storage, router), dataclasses.replace(notification(), urgency=urgency, topic=topic))
+    [request] = fake.requests
+    assert request.headers["apns-priority"] == priority
+    assert request.headers.get("apns-collapse-id") == topic
 
 
 # --------------------------------------------------------------------------

@@ -234,6 +234,9 @@ def test_70_73_token_from_the_second_key_and_message_ids(stack: Stack) -> None:
         ({"Content-Encoding": "aes128gcm", "Crypto-Key": "dh=abc"}, b"x", 400, 110),
         ({"Content-Encoding": "aesgcm", "Encryption": "noequals"}, b"x", 400, 110),
         ({"Content-Encoding": "aes128gcm"}, b"x" * 5631, 413, 104),
+        ({"Urgency": "urgent"}, b"", 400, 110),
+        ({"Urgency": ""}, b"", 400, 110),
+        ({"Urgency": "very low"}, b"", 400, 110),
     ],
 )
 def test_75_90_invalid_headers(stack: Stack, headers: dict, body: bytes, status: int, errno: int) -> None:
@@ -348,6 +351,35 @@ def message_items(stack: Stack, uaid: str) -> list[Notification]:
     """Every stored message of ``uaid``, topic and timestamp ones."""
     user = User(uaid=uaid)
     return stack.storage.fetch_topic_messages(user)[1] + stack.storage.fetch_timestamp_messages(user, None)[1]
+
+
+def set_min_urgency(client: PushClient, level: str) -> None:
+    client.send({"messageType": "urgency", "min": level})
+    assert client.receive() == {"messageType": "urgency", "status": 200}
+
+
+def test_urgency_below_the_minimum_is_held_stored_and_sent_once_lowered(stack: Stack) -> None:
+    """docs/protocol.md#urgency over real sockets: held while below, sent once the minimum drops, after reconnects."""
+    client, subscription, channel_id = subscribe(stack)
+    set_min_urgency(client, "high")
+    low = post(subscription.endpoint, Urgency="low")
+    normal = post(subscription.endpoint, Urgency="NORMAL", Topic="t1")
+    high = post(subscription.endpoint, Urgency="high")
+    assert [r.status_code for r in (low, normal, high)] == [201, 201, 201]
+    assert client.receive()["version"] == message_id_of(high, stack)
+    client.ack({"channelID": channel_id, "version": message_id_of(high, stack)})
+    held = {n.version: n.urgency for n in message_items(stack, client.uaid)}
+    assert held == {message_id_of(low, stack): "low", message_id_of(normal, stack): "normal"}
+    uaid = client.uaid
+    client.close()
+    again = stack.client()
+    assert again.hello(uaid)["uaid"] == uaid  # the minimum is on the record: still held
+    set_min_urgency(again, "normal")
+    sent = again.receive()
+    assert sent["version"] == message_id_of(normal, stack)
+    again.ack(sent)  # the drain goes on once its batch is acknowledged
+    set_min_urgency(again, "very-low")
+    assert again.receive()["version"] == message_id_of(low, stack)
 
 
 def test_111_direct_delivery_writes_nothing(stack: Stack) -> None:

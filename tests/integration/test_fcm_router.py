@@ -8,6 +8,8 @@ router records live in a real dynalite.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import socket
 import time
@@ -143,7 +145,7 @@ def test_142_push_with_body_sends_exact_v1_message(
     assert sent.path == f"/v1/projects/{PROJECT}/messages:send"
     assert sent.headers["Authorization"] == f"Bearer {TOKEN_1}"
     assert sent.headers["Content-Type"] == "application/json"
-    assert sent.body == {"message": {"token": DEVICE_TOKEN, "android": {"ttl": "120s", "data": {
+    assert sent.body == {"message": {"token": DEVICE_TOKEN, "android": {"ttl": "120s", "priority": "HIGH", "data": {
         "chid": CHID, "body": PAYLOAD_B64, "con": "aesgcm",
         "enc": "salt=c2FsdHNhbHRzYWx0c2FsdA", "cryptokey": "dh=BNoRDbb8",
     }}}}
@@ -165,7 +167,7 @@ def test_142_push_without_body_sends_only_chid(router: FcmRouter, storage: Stora
     assert router.route(user, notification(ttl=3600)) == "Direct"
 
     assert [m.body for m in fake_fcm.messages] == [
-        {"message": {"token": DEVICE_TOKEN, "android": {"ttl": "3600s", "data": {"chid": CHID}}}}]
+        {"message": {"token": DEVICE_TOKEN, "android": {"ttl": "3600s", "priority": "HIGH", "data": {"chid": CHID}}}}]
 
 
 def test_142_aes128gcm_body_carries_con_without_enc_or_cryptokey(
@@ -177,6 +179,22 @@ def test_142_aes128gcm_body_carries_con_without_enc_or_cryptokey(
 
     assert fake_fcm.messages[0].body["message"]["android"]["data"] == {
         "chid": CHID, "body": PAYLOAD_B64, "con": "aes128gcm"}
+
+
+@pytest.mark.parametrize(
+    ("urgency", "topic", "priority"),
+    [("very-low", "t1", "NORMAL"), ("low", None, "NORMAL"), ("normal", "t-2", "HIGH"), ("high", None, "HIGH"),
+     (None, None, "HIGH")],
+)
+def test_urgency_sets_the_android_priority_and_topic_the_collapse_key(
+    router: FcmRouter, storage: Storage, fake_fcm: FakeFcm, urgency: str | None, topic: str | None, priority: str
+) -> None:
+    user = fcm_user(storage, {"token": DEVICE_TOKEN, "app_id": APP})
+    router.route(user, dataclasses.replace(notification(), urgency=urgency, topic=topic))
+    [sent] = fake_fcm.messages
+    android = sent.body["message"]["android"]
+    assert android["priority"] == priority
+    assert android.get("collapse_key") == topic
 
 
 def test_142_android_ttl_is_clamped_to_fcm_bounds(router: FcmRouter, storage: Storage, fake_fcm: FakeFcm) -> None:

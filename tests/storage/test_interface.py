@@ -204,6 +204,19 @@ def test_update_router_data_creates_no_record(backend_storage: Storage) -> None:
     assert backend_storage.get_user(uaid) is None
 
 
+def test_the_minimum_urgency_is_kept_on_the_record_alone(backend_storage: Storage) -> None:
+    assert backend_storage.set_min_urgency(User(uuid.uuid4().hex), "high") is False
+    user = stored_user(backend_storage, connected_at=1_000)
+    assert backend_storage.get_user(user.uaid).urgency is None
+    assert backend_storage.set_min_urgency(user, "high") is True
+    found = backend_storage.get_user(user.uaid)
+    assert (found.urgency, found.node_id, found.connected_at) == ("high", NODE, 1_000)
+    assert backend_storage.claim_user(user, OTHER_NODE, 2_000)[0] is True  # a hello keeps it
+    assert backend_storage.get_user(user.uaid).urgency == "high"
+    assert backend_storage.set_min_urgency(user, "very-low") is True
+    assert backend_storage.get_user(user.uaid).urgency == "very-low"
+
+
 def test_drop_user_says_whether_there_was_one(backend_storage: Storage) -> None:
     user = stored_user(backend_storage)
     assert backend_storage.drop_user(user.uaid) is True
@@ -308,11 +321,14 @@ def test_timestamp_messages_come_back_in_sort_key_order(backend_storage: Storage
 def test_a_message_comes_back_as_saved(backend_storage: Storage, clock: Clock) -> None:
     user, chid = subscriber(backend_storage)
     sent = dataclasses.replace(
-        timestamp_message(clock, chid, "v1", stamp(clock)), data="ZGF0YQ", headers={"encoding": "aes128gcm"}
+        timestamp_message(clock, chid, "v1", stamp(clock)),
+        data="ZGF0YQ",
+        headers={"encoding": "aes128gcm"},
+        urgency="low",
     )
     backend_storage.save_message(user, sent)
     (found,) = backend_storage.fetch_timestamp_messages(user, None)[1]
-    fields = ("channel_id", "version", "ttl", "timestamp", "sortkey_timestamp", "topic", "data", "headers")
+    fields = ("channel_id", "version", "ttl", "timestamp", "sortkey_timestamp", "topic", "data", "headers", "urgency")
     assert [getattr(found, f) for f in fields] == [getattr(sent, f) for f in fields]
     assert found.stored is True and found.legacy is False
 

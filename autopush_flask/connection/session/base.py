@@ -163,6 +163,7 @@ class SessionBase:
         "drain_started",
         "batch_high",
         "batch_is_timestamp",
+        "held_floor",
         "sent_from_storage",
         "recent_acks",
         "last_ping",
@@ -198,6 +199,8 @@ class SessionBase:
         self.drain_started = 0.0
         self.batch_high: int | None = None
         self.batch_is_timestamp = False
+        # The lowest stamp of a message this drain left for its urgency (``session/urgency.py``).
+        self.held_floor: int | None = None
         self.sent_from_storage = 0
         self.recent_acks: RecentVersions | None = None
         self.last_ping: float | None = None
@@ -223,6 +226,10 @@ class SessionBase:
         def _after_acks(self) -> Effects: ...
 
         def _start_drain(self) -> Effects: ...
+
+        def _holds(self, notification: Notification) -> bool: ...
+
+        def _note_held(self, notification: Notification) -> None: ...
 
         def _delete_stored(self, notification: Notification, retry: bool = True) -> Generator[Any, Any, bool]: ...
 

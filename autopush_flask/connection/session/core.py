@@ -26,6 +26,7 @@ from autopush_flask.connection.protocol import (
     Register,
     Rejected,
     Unregister,
+    Urgency,
     parse_client_message,
 )
 from autopush_flask.connection.session.base import (
@@ -44,10 +45,11 @@ from autopush_flask.connection.session.delivery import DeliveryMixin
 from autopush_flask.connection.session.drain import DrainMixin
 from autopush_flask.connection.session.hello import HelloMixin
 from autopush_flask.connection.session.registration import RegistrationMixin
+from autopush_flask.connection.session.urgency import UrgencyMixin
 from autopush_flask.db import Notification
 
 
-class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
+class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin, UrgencyMixin):
     __slots__ = ()
 
     # ------------------------------------------------------------------
@@ -93,7 +95,8 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
         The same version again (a ``PUT /push`` retried after a stale
         keep-alive connection, or after a timeout when the first one did
         arrive) is accepted without a second copy to the client: it is
-        already awaiting its ack, or was acked moments ago.
+        already awaiting its ack, or was acked moments ago. One below the
+        client's minimum urgency is stored instead (docs/protocol.md#urgency).
         """
         if self.state != IDENTIFIED:
             return
@@ -101,6 +104,10 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
             return
         if notification.ttl:
             notification = self._with_stamp(notification)
+        if self._holds(notification):
+            yield from self._hold_direct(notification)
+            return
+        if notification.ttl:
             self.unacked_direct[notification.version] = notification
         yield from self._send_notification(notification, "Direct")
 
@@ -175,6 +182,8 @@ class Session(HelloMixin, RegistrationMixin, DeliveryMixin, DrainMixin):
                 yield from self._ping()
             case BroadcastSubscribe():
                 yield from self._broadcast_subscribe(message)
+            case Urgency():
+                yield from self._set_min_urgency(message)
             case Rejected(reply=reply):
                 if reply is not None:
                     yield Send(reply)

@@ -41,6 +41,7 @@ class DrainMixin(SessionBase):
         self.include_topic = True
         self.sent_from_storage = 0
         self.cursor = None  # each drain starts from the stored bookmark, read afresh
+        self.held_floor = None
         self.drain_started = self.ctx.clock()
         yield from self._drain()
 
@@ -104,7 +105,8 @@ class DrainMixin(SessionBase):
         Not sent again: an expired message (a topic or legacy one is
         deleted), a version already sent directly and awaiting its ack (its
         ack will also delete this copy), and a version acked moments ago
-        whose delete had not landed (deleted again).
+        whose delete had not landed (deleted again). Not sent yet: a message
+        below the client's minimum urgency (held, see ``session/urgency.py``).
         """
         now = self.ctx.clock()
         deleted = False
@@ -117,6 +119,8 @@ class DrainMixin(SessionBase):
                 self.unacked_stored[version] = notification
             elif self.recent_acks is not None and version in self.recent_acks:
                 deleted |= yield from self._delete_stored(notification)
+            elif self._holds(notification):
+                self._note_held(notification)
             elif not (yield from self._send_stored(notification)):
                 break
         return deleted
@@ -164,12 +168,17 @@ class DrainMixin(SessionBase):
         The write is conditional on the value this drain read: a bookmark
         lowered meanwhile is never raised over again; the drain is simply
         repeated from the lowered one (``check_again``).
+
+        Nor does it pass a message this drain held back for its urgency: the
+        drain that follows a lower minimum must read it again.
         """
         if self.batch_high is not None and (self.cursor is None or self.batch_high > self.cursor):
             self.cursor = self.batch_high
         if self.cursor is None:
             return
         target = min(self.cursor, self.ctx.stamp_at(self.drain_started - self.ctx.bookmark_margin))
+        if self.held_floor is not None:
+            target = min(target, self.held_floor - 1)  # a held message stays after the bookmark
         expected = self.stored_bookmark
         if expected is not None and target <= expected:
             return

@@ -125,6 +125,11 @@ class RouterStore:
         expression, names, values = _set_expression({"expiry": self.expiry()})
         return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
 
+    def set_min_urgency(self, uaid: str, urgency: str) -> bool:
+        """The browser's minimum urgency (docs/protocol.md#urgency); ``False`` when the record is gone."""
+        expression, names, values = _set_expression({"urgency": urgency})
+        return self._conditional_update(uaid, expression, "attribute_exists(uaid)", names, values)
+
     def remove_node_id(self, uaid: str, node_id: str, connected_at: int) -> bool:
         """Forget ``node_id`` only if it still names the connection we saw (docs/architecture.md#stored-delivery)."""
         return self._conditional_update(

@@ -203,6 +203,9 @@ class DynamoStorage:
     def update_router_data(self, uaid: str, router_type: str, router_data: dict, connected_at: int) -> bool:
         return self.router.update_router_data(uaid, router_type, router_data, connected_at)
 
+    def set_min_urgency(self, user: User, urgency: str) -> bool:
+        return self.router.set_min_urgency(user.uaid, urgency)
+
     def remove_node_id(self, uaid: str, node_id: str, connected_at: int) -> bool:
         return self.router.remove_node_id(uaid, node_id, connected_at)
 

@@ -84,6 +84,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX messages_expiry ON messages (expiry)",
         ),
     ),
+    # Urgency (docs/protocol.md#urgency): the browser's minimum on its
+    # record, the sender's level on each message. NULL means the default.
+    Migration(
+        2,
+        (
+            "ALTER TABLE router ADD COLUMN urgency text",
+            "ALTER TABLE messages ADD COLUMN urgency text",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -110,15 +110,16 @@ LOWER_BOOKMARK = (
     "WHERE uaid = %(uaid)s AND expiry > %(now)s AND (bookmark IS NULL OR bookmark > %(lowered)s)"
 )
 
-MESSAGE_FIELDS = 'sort_key AS chidmessageid, ttl, "timestamp", updateid, data, headers'
+MESSAGE_FIELDS = 'sort_key AS chidmessageid, ttl, "timestamp", updateid, data, headers, urgency'
 SAVE_MESSAGE = (
-    'INSERT INTO messages (uaid, sort_key, ttl, "timestamp", updateid, expiry, data, headers) '
+    'INSERT INTO messages (uaid, sort_key, ttl, "timestamp", updateid, expiry, data, headers, urgency) '
     "VALUES (%(uaid)s, %(sort_key)s, %(ttl)s, %(timestamp)s, %(updateid)s, %(expiry)s, "
-    "%(data)s, %(headers)s) "
+    "%(data)s, %(headers)s, %(urgency)s) "
     'ON CONFLICT (uaid, sort_key) DO UPDATE SET ttl = EXCLUDED.ttl, "timestamp" = EXCLUDED."timestamp", '
     "updateid = EXCLUDED.updateid, expiry = EXCLUDED.expiry, data = EXCLUDED.data, "
-    "headers = EXCLUDED.headers"
+    "headers = EXCLUDED.headers, urgency = EXCLUDED.urgency"
 )
+SET_MIN_URGENCY = "UPDATE router SET urgency = %(urgency)s WHERE uaid = %(uaid)s AND expiry > %(now)s"
 DELETE_MESSAGE = (
     "DELETE FROM messages WHERE uaid = %(uaid)s AND sort_key = %(sort_key)s "
     "AND (%(updateid)s::text IS NULL OR updateid = %(updateid)s::text)"

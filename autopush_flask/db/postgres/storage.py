@@ -75,6 +75,7 @@ from autopush_flask.db.postgres.statements import (
     ROUTER_COLUMNS,
     SAVE_MESSAGE,
     SET_FIRST_BOOKMARK,
+    SET_MIN_URGENCY,
     TIMESTAMP_KEYS_BELOW,
     TIMESTAMP_KEYS_FROM,
     TOUCH_CHANNELS,
@@ -455,6 +456,10 @@ class PostgresStorage:
         }
         return self._execute("update_router_data", UPDATE_ROUTER_DATA, params) == 1
 
+    def set_min_urgency(self, user: User, urgency: str) -> bool:
+        params = {"uaid": user.uaid, "urgency": urgency, "now": self._now()}
+        return self._execute("set_min_urgency", SET_MIN_URGENCY, params) == 1
+
     def remove_node_id(self, uaid: str, node_id: str, connected_at: int) -> bool:
         params = {"uaid": uaid, "node_id": node_id, "connected_at": connected_at, "now": self._now()}
         return self._execute("remove_node_id", REMOVE_NODE_ID, params) == 1
@@ -639,4 +644,5 @@ def _message_params(uaid: str, notification: Notification) -> dict[str, Any]:
         "expiry": item["expiry"],
         "data": item["data"],
         "headers": _json(item["headers"]),
+        "urgency": item["urgency"],
     }

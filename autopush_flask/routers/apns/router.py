@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from autopush_flask import urgency
 from autopush_flask.config import Settings
 from autopush_flask.db import Notification, Storage, User
 from autopush_flask.logging import log_fields
@@ -41,7 +42,10 @@ from autopush_flask.routers.bridge import (
 )
 
 PLATFORM = "apns"
+# apns-priority: 10 sends at once, 5 lets the device wait for a convenient
+# moment (power); a sender's very-low and low urgency ask for the latter.
 PRIORITY = "10"
+POWER_SAVING_PRIORITY = "5"
 PUSH_TYPE = "alert"
 DEFAULT_APS = {
     "mutable-content": 1,
@@ -138,14 +142,18 @@ class ApnsRouter:
 
 
 def _headers(channel: ApnsChannel, notification: Notification) -> dict[str, str]:
-    return {
+    """Urgency sets the priority, and a Topic the collapse id (docs/protocol.md#bridges)."""
+    headers = {
         "apns-topic": channel.topic,
-        "apns-priority": PRIORITY,
+        "apns-priority": POWER_SAVING_PRIORITY if urgency.is_low(notification.urgency) else PRIORITY,
         "apns-expiration": str(notification.timestamp + notification.ttl),
         "apns-id": str(uuid.uuid4()),
         "apns-push-type": PUSH_TYPE,
         "content-type": "application/json",
     }
+    if notification.topic:
+        headers["apns-collapse-id"] = notification.topic
+    return headers
 
 
 def _parse_aps(value: Any) -> dict | None:
