@@ -37,11 +37,13 @@ from autopush_flask.config import (
     CONNECTION,
     ENDPOINT,
     NODE_DEFAULTS,
+    WORKER_COUNT_VARIABLE,
     WORKER_SLOT_VARIABLE,
     Settings,
     SettingsError,
     load_settings,
 )
+from autopush_flask.metrics import MultiprocessExposition, prometheus_enabled
 
 CONNECTION_APP = "wsgi:connection_app"
 ENDPOINT_APP = "wsgi:endpoint_app"
@@ -170,6 +172,45 @@ def on_starting(server) -> None:
     """
     app_uri = getattr(server.app, "app_uri", None) or ""
     check_worker_class(node_type_of(app_uri), server.cfg.worker_class_str, app_uri)
+    _serve_endpoint_metrics(server)
+
+
+# The endpoint master's Prometheus exposition, kept on the arbiter: it
+# outlives this file, which gunicorn reads again on HUP.
+METRICS_EXPOSITION = "autopush_metrics_exposition"
+
+
+def _serve_endpoint_metrics(server) -> None:
+    """An endpoint node with Prometheus: its workers write their values to one directory the master serves.
+
+    Here, before any worker forks and before prometheus_client is imported,
+    so that every worker inherits ``PROMETHEUS_MULTIPROC_DIR`` (docs/operations.md#metrics).
+    Only prometheus_client is imported into the master. A metrics port that
+    cannot be bound stops it with one line, before the public port is bound.
+    """
+    if _settings is None or _settings.node_type != ENDPOINT or not prometheus_enabled(_settings):
+        return
+    exposition = MultiprocessExposition.prepare()
+    try:
+        exposition.serve(_settings.metrics_bind, _settings.metrics_port)
+    except OSError as error:
+        exposition.stop()
+        _refuse(f"cannot serve metrics on {_settings.metrics_bind}:{_settings.metrics_port}: {error}")
+    setattr(server, METRICS_EXPOSITION, exposition)
+
+
+def child_exit(server, worker) -> None:
+    """In the master: a dead endpoint worker's gauges leave the sums (its counters stay)."""
+    exposition = getattr(server, METRICS_EXPOSITION, None)
+    if exposition is not None:
+        exposition.worker_exited(worker.pid)
+
+
+def on_exit(server) -> None:
+    """In the master: stop serving metrics and remove the directory it created."""
+    exposition = getattr(server, METRICS_EXPOSITION, None)
+    if exposition is not None:
+        exposition.stop()
 
 
 def post_worker_init(worker) -> None:
@@ -198,7 +239,11 @@ def pre_fork(server, worker):
 
 
 def post_fork(server, worker):
-    """In the worker: tell the app factory its slot."""
+    """In the worker: tell the app factory its slot, and how many workers the master keeps (the admin view)."""
+    exposition = getattr(server, METRICS_EXPOSITION, None)
+    if exposition is not None:  # the master's metrics socket is not the worker's to hold open
+        exposition.in_worker()
     slot = getattr(worker, "autopush_slot", None)
     if slot is not None:
         os.environ[SLOT_VARIABLE] = str(slot)
+        os.environ[WORKER_COUNT_VARIABLE] = str(server.num_workers)

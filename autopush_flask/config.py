@@ -13,6 +13,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import difflib
+import hmac
 import json
 import socket
 import ssl
@@ -29,7 +30,9 @@ INI_SECTION = "autopush"
 # Prefixed variables that are not settings but that the service reads: the
 # ini file's name, and the slot gunicorn's master hands each connection worker.
 WORKER_SLOT_VARIABLE = "AUTOPUSH_WORKER_SLOT"
-INTERNAL_VARIABLES = frozenset({CONFIG_FILE_VARIABLE, WORKER_SLOT_VARIABLE})
+# The master's worker count, for the admin view's tour of the router ports.
+WORKER_COUNT_VARIABLE = "AUTOPUSH_WORKER_COUNT"
+INTERNAL_VARIABLES = frozenset({CONFIG_FILE_VARIABLE, WORKER_SLOT_VARIABLE, WORKER_COUNT_VARIABLE})
 # Without crypto keys, only an explicitly named development environment may
 # start (each worker then invents its own key).
 ENV_VARIABLE = "AUTOPUSH_ENV"
@@ -38,6 +41,9 @@ KEY_COMMAND = "`flask generate-keys` (or scripts/autokey)"
 # Auth keys are HMAC-SHA256 keys, used as text: anything shorter than the
 # hash's 32-byte output is weaker than the secrets it signs.
 MIN_AUTH_KEY_BYTES = 32
+# A random 32-byte token has dozens of distinct characters; a placeholder
+# ("xxxx…", "abababab…", "changeme" repeated) has a handful.
+MIN_ADMIN_TOKEN_DISTINCT = 10
 
 CONNECTION = "connection"
 ENDPOINT = "endpoint"
@@ -45,9 +51,11 @@ NODE_TYPES = (CONNECTION, ENDPOINT)
 
 # Defaults that differ by node type (docs/operations.md#settings).
 NODE_DEFAULTS: dict[str, dict[str, str]] = {
-    CONNECTION: {"AUTOPUSH_PORT": "8080", "AUTOPUSH_STATSD_PREFIX": "autoconnect"},
-    ENDPOINT: {"AUTOPUSH_PORT": "8082", "AUTOPUSH_STATSD_PREFIX": "autoendpoint"},
+    CONNECTION: {"AUTOPUSH_PORT": "8080", "AUTOPUSH_STATSD_PREFIX": "autoconnect", "AUTOPUSH_METRICS_PORT": "9103"},
+    ENDPOINT: {"AUTOPUSH_PORT": "8082", "AUTOPUSH_STATSD_PREFIX": "autoendpoint", "AUTOPUSH_METRICS_PORT": "9102"},
 }
+# Where metrics go (docs/operations.md#metrics).
+METRICS_MODES = ("statsd", "prometheus", "both")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 TRUTHY = {"true", "1", "yes"}
@@ -136,6 +144,20 @@ def _validate_auth_keys(keys: tuple[str, ...]) -> None:
         raise ValidationError(
             f"Each key must be at least {MIN_AUTH_KEY_BYTES} bytes (an HMAC-SHA256 key); "
             f"generate one with {KEY_COMMAND}."
+        )
+
+
+def _validate_admin_token(token: str | None) -> None:
+    """Long enough to be unguessable, and not an obvious placeholder (the value is never echoed)."""
+    if token is None:
+        return
+    if len(token.encode("utf-8")) < MIN_AUTH_KEY_BYTES:
+        raise ValidationError(
+            f"Must be at least {MIN_AUTH_KEY_BYTES} bytes; generate one with `openssl rand -base64 32`."
+        )
+    if len(set(token)) < MIN_ADMIN_TOKEN_DISTINCT:
+        raise ValidationError(
+            "Must be a random token, not a repeated pattern; generate one with `openssl rand -base64 32`."
         )
 
 
@@ -262,6 +284,21 @@ class Settings:
     statsd_port: int = setting(fields.Integer(load_default=8125, validate=PORT), "statsd UDP port.")
     statsd_prefix: str = setting(_text(), "Metric name prefix.", default_doc="`autoconnect` / `autoendpoint`")
     statsd_tags: bool = setting(Flag(load_default=False), "Add tags to metrics in DogStatsD syntax (`\\|#k:v`).")
+    metrics: str = setting(
+        fields.String(load_default="statsd", validate=validate.OneOf(METRICS_MODES)),
+        "`statsd`, `prometheus` or `both`: where metrics go (docs/operations.md#metrics). With Prometheus, "
+        "the same metrics and tags are served over HTTP on `AUTOPUSH_METRICS_PORT`.",
+    )
+    metrics_port: int = setting(
+        fields.Integer(validate=PORT),
+        "Prometheus port: an endpoint node's master serves all its workers' metrics there; connection "
+        "worker slot N serves its own on this + N. Nothing listens unless `AUTOPUSH_METRICS` includes Prometheus.",
+        default_doc="9103 / 9102",
+    )
+    metrics_bind: str = setting(
+        _text("127.0.0.1"),
+        "Address the Prometheus ports listen on; keep them private (scrapers only).",
+    )
     log_level: str = setting(
         fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS)),
         "`debug`, `info`, `warning`, `error` or `critical`.",
@@ -417,6 +454,23 @@ class Settings:
     megaphone_poll_interval: float = setting(
         fields.Float(load_default=30.0, validate=validate.Range(min=0, min_inclusive=False)),
         "Seconds between Megaphone polls; must be > 0.",
+        CONNECTION,
+    )
+    admin_token: str | None = setting(
+        _text(validate=_validate_admin_token),
+        "Bearer token of the admin view (docs/operations.md#admin-view), 32 bytes or more and no other "
+        "setting's secret; unset, nothing listens on the admin port.",
+        CONNECTION,
+        "none: no admin view",
+    )
+    admin_port: int = setting(
+        fields.Integer(load_default=8090, validate=PORT),
+        "Port of the admin view, served by one worker of the node at a time.",
+        CONNECTION,
+    )
+    admin_bind: str = setting(
+        _text("127.0.0.1"),
+        "Address the admin view listens on (plain HTTP): keep it on loopback and reach it over an SSH tunnel.",
         CONNECTION,
     )
     # ---- endpoint node (docs/operations.md#settings)
@@ -725,11 +779,26 @@ def _load_public_tls(settings: Settings) -> None:
 def _check_consistency(settings: Settings) -> None:
     if bool(settings.router_ssl_key) != bool(settings.router_ssl_cert):
         raise SettingsError("invalid setting AUTOPUSH_ROUTER_SSL_KEY/AUTOPUSH_ROUTER_SSL_CERT: set both or neither")
+    _check_admin(settings)
     if settings.fcm_min_ttl > settings.fcm_max_ttl:
         raise SettingsError("invalid setting AUTOPUSH_FCM_MIN_TTL: greater than AUTOPUSH_FCM_MAX_TTL")
     bridges = settings.fcm_credentials or settings.apns_channels or settings.stub_router
     if settings.node_type == ENDPOINT and bridges and not settings.auth_keys:
         raise SettingsError("invalid setting AUTOPUSH_AUTH_KEYS: required when a bridge is enabled")
+
+
+def _check_admin(settings: Settings) -> None:
+    """The admin token is its own secret, and the admin port no other listener's."""
+    token = settings.admin_token
+    if token is None:
+        return
+    others = (*settings.crypto_keys, *settings.auth_keys, settings.megaphone_api_token)
+    if any(other is not None and hmac.compare_digest(token.encode(), other.encode()) for other in others):
+        raise SettingsError(
+            "invalid setting AUTOPUSH_ADMIN_TOKEN: must not be a crypto key, auth key or the Megaphone token"
+        )
+    if settings.admin_port in (settings.port, settings.router_port):
+        raise SettingsError("invalid setting AUTOPUSH_ADMIN_PORT: already the public or the first router port")
 
 
 def load_settings(node_type: str, environ: Mapping[str, str], require_crypto_keys: bool = True) -> Settings:

@@ -21,7 +21,7 @@ from autopush_flask.config import CONNECTION, Settings
 from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Storage, StorageError, create_storage
 from autopush_flask.logging import log_fields, setup_logging
-from autopush_flask.metrics import create_metrics
+from autopush_flask.metrics import build_metrics
 
 EXTENSION_KEY = "autopush"
 # Seconds between table set-up attempts of a worker that booted while the
@@ -74,9 +74,7 @@ def build_services(settings: Settings, metrics: Any = None) -> Services:
     if settings.sentry_dsn:
         _start_sentry(settings)
     if metrics is None:
-        metrics = create_metrics(
-            settings.statsd_host, settings.statsd_port, settings.statsd_prefix, settings.statsd_tags
-        )
+        metrics = build_metrics(settings)
     storage = _open_storage(settings, metrics, log)
     return Services(settings, storage, CryptoKeys(settings.crypto_keys), metrics, log)
 

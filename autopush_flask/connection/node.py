@@ -18,6 +18,7 @@ import requests
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
+from autopush_flask.admin import RecentErrors, admin_listener, worker_report
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.broadcast import BroadcastRegistry
 from autopush_flask.connection.megaphone import MegaphonePoller
@@ -29,7 +30,8 @@ from autopush_flask.connection.storage_ops import StorageOp, run_storage
 from autopush_flask.connection.transport import ClientConnection
 from autopush_flask.connection.websocket import PushWebSocket
 from autopush_flask.db import StorageError
-from autopush_flask.logging import log_fields
+from autopush_flask.logging import log_fields, uaid_hash_key
+from autopush_flask.metrics import prometheus_app
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.services import Services
 
@@ -84,8 +86,41 @@ class ConnectionNode:
         )
         self.stopping = False
         self._api_server: WSGIServer | None = None
+        # The admin view (docs/operations.md#admin-view): every worker keeps its recent errors,
+        # and with AUTOPUSH_ADMIN_TOKEN every worker offers to serve the view.
+        self.slot = slot
+        self.recent_errors = RecentErrors(uaid_hash_key(node_services.crypto_keys))
+        self.admin = (
+            admin_listener(
+                settings,
+                self.storage,
+                node_services.crypto_keys,
+                self.request_keys,
+                self.http,
+                self._peer_ca_verify,
+                slot,
+                self.admin_report,
+            )
+            if settings.admin_token
+            else None
+        )
+        # The worker's own Prometheus registry, on AUTOPUSH_METRICS_PORT + slot (docs/operations.md#metrics).
+        self.metrics_port = settings.metrics_port + slot
+        self._metrics_server: WSGIServer | None = None
         self._greenlets: list[gevent.Greenlet] = []
         node_services.client_count = lambda: len(self.registry)
+
+    def admin_report(self) -> dict[str, Any]:
+        """This worker's part of the admin view (``GET /admin/worker``): counts, versions, recent errors."""
+        return worker_report(
+            self.slot,
+            self.node_id,
+            len(self.registry),
+            len(self.connections),
+            self.stopping,
+            self.broadcasts.versions,
+            self.recent_errors,
+        )
 
     def at_capacity(self) -> bool:
         limit = self.settings.max_connections
@@ -97,12 +132,21 @@ class ConnectionNode:
         """Serve the private API (``node_api``) and start the timers (in the worker, after fork).
 
         The API listens on ``AUTOPUSH_ROUTER_BIND`` unless ``host`` is given,
-        over TLS when ``AUTOPUSH_ROUTER_SSL_KEY``/``_CERT`` are set.
+        over TLS when ``AUTOPUSH_ROUTER_SSL_KEY``/``_CERT`` are set. With
+        Prometheus metrics, the worker's registry is served on
+        ``AUTOPUSH_METRICS_BIND:AUTOPUSH_METRICS_PORT + slot``.
         """
         address = (host or self.settings.router_bind, self.api_port)
         tls = {"ssl_context": self._api_tls} if self._api_tls is not None else {}
         self._api_server = WSGIServer(address, api_app, log=None, **tls)
         self._api_server.start()
+        metrics_app = prometheus_app(self.services.metrics)
+        if metrics_app is not None:
+            self._metrics_server = WSGIServer((self.settings.metrics_bind, self.metrics_port), metrics_app, log=None)
+            self._metrics_server.start()
+        self.recent_errors.attach()
+        if self.admin is not None:
+            self.admin.start()
         self._greenlets.append(gevent.spawn(self._tick_forever))
         self._greenlets.append(self.retries.start())
         if self.settings.megaphone_api_url:
@@ -131,6 +175,8 @@ class ConnectionNode:
         """
         deadline = time.monotonic() + timeout
         self.stopping = True
+        if self.admin is not None:  # first, so that a sibling takes the admin port over
+            self.admin.stop()
         if self._api_server is not None:
             self._api_server.stop(timeout=1)
         clients = list(self.connections)
@@ -140,7 +186,10 @@ class ConnectionNode:
         closing = [greenlets.spawn(c.shut_down, max(0.0, deadline - time.monotonic())) for c in clients]
         gevent.joinall(closing, timeout=max(0.0, deadline - time.monotonic()))
         gevent.killall(self._greenlets, block=False)
+        if self._metrics_server is not None:  # served to the end: the stop's own counts are scraped too
+            self._metrics_server.stop(timeout=1)
         log.info("Connection node stopped", extra=log_fields(node_id=self.node_id, clients=len(clients)))
+        self.recent_errors.detach()
 
     def _store_unacked(self, clients: list[ClientConnection], until: float) -> None:
         """Store the clients' unacked direct notifications, a bounded number at a time, until ``until``.

@@ -32,6 +32,8 @@ import gevent.ssl
 from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import Schema, ValidationError, fields, validate
 
+from autopush_flask import urgency
+from autopush_flask.admin.workers import WORKER_PATH
 from autopush_flask.config import Settings
 from autopush_flask.db import Notification
 from autopush_flask.ids import canonical_uaid
@@ -115,6 +117,10 @@ def require_signature() -> Response | None:
     node = _node()
     if not node.settings.router_auth:
         return None
+    return _refuse_unsigned(node)
+
+
+def _refuse_unsigned(node: Any) -> Response | None:
     target = request.path + (f"?{request.query_string.decode('latin-1')}" if request.query_string else "")
     try:
         signed_sha256 = node.request_keys.verify_head(request.method, target, request.headers)
@@ -157,6 +163,7 @@ class NotificationSchema(Schema):
     # keeps the endpoint's version; ``stored``: the endpoint already stored it.
     sortkey_timestamp = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
     stored = fields.Boolean(load_default=False)
+    urgency = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(urgency.LEVELS))
 
 
 NOTIFICATION_SCHEMA = NotificationSchema()
@@ -200,6 +207,7 @@ def push(uaid: str) -> Response:
         headers=body["headers"],
         sortkey_timestamp=body["sortkey_timestamp"],
         stored=body["stored"],
+        urgency=body["urgency"],
     )
     if not client.deliver(notification):
         return _text("Client busy.", 503)
@@ -214,6 +222,20 @@ def check_storage(uaid: str) -> Response:
     if client.check_storage():
         return _text("Flagged for Notification check", 202)
     return _text("Notification check started", 200)
+
+
+@node_api.get(WORKER_PATH)
+def admin_worker() -> Response:
+    """This worker's part of the admin view (docs/operations.md#admin-view); 404 without one.
+
+    Signed even with ``AUTOPUSH_ROUTER_AUTH=false``: only the admin view asks.
+    """
+    node = _node()
+    if not node.settings.admin_token:
+        return _text("Not Found", 404)
+    if not node.settings.router_auth and (refused := _refuse_unsigned(node)) is not None:
+        return refused
+    return Response(json.dumps(node.admin_report()), mimetype="application/json")
 
 
 @node_api.delete("/notif/<uaid>/<connected_at>")

@@ -39,12 +39,60 @@ def _names(node: ast.expr, constants: dict[str, str]) -> list[str]:
     return []
 
 
-def _tag_keys(call: ast.Call) -> set[str]:
+def _dict_keys(node: ast.expr, dicts: dict[str, set[str]]) -> set[str]:
+    """Keys of a dict literal, of a local name assigned one, or of a call to a module function returning one."""
+    if isinstance(node, ast.Dict):
+        return {k.value for k in node.keys if isinstance(k, ast.Constant)}
+    if isinstance(node, ast.Name):
+        return dicts.get(node.id, set())
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return dicts.get(f"{node.func.id}()", set())
+    return set()
+
+
+def _tag_keys(call: ast.Call, dicts: dict[str, set[str]] | None = None) -> set[str]:
+    dicts = dicts or {}
     for keyword in call.keywords:
-        if keyword.arg == "tags" and isinstance(keyword.value, ast.Dict):
-            return {k.value for k in keyword.value.keys if isinstance(k, ast.Constant)}
-    positional = [a for a in call.args[2:] if isinstance(a, ast.Dict)]
-    return {k.value for d in positional for k in d.keys if isinstance(k, ast.Constant)}
+        if keyword.arg == "tags":
+            return _dict_keys(keyword.value, dicts)
+    return {key for argument in call.args[2:] for key in _dict_keys(argument, dicts)}
+
+
+def _returned_dicts(tree: ast.Module) -> dict[str, set[str]]:
+    """``"name()"`` → keys, for module functions that return a dict literal (``_client_tags()``)."""
+    found: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            for child in ast.walk(node):
+                if isinstance(child, ast.Return) and isinstance(child.value, ast.Dict):
+                    found.setdefault(f"{node.name}()", set()).update(_dict_keys(child.value, {}))
+    return found
+
+
+def _assigned_dicts(function: ast.AST) -> dict[str, set[str]]:
+    """Local names assigned a dict literal in a function (``tags = {...}``)."""
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    found.setdefault(target.id, set()).update(_dict_keys(node.value, {}))
+    return found
+
+
+def _metric_calls():
+    """Metric calls with the dicts their tags may name: local ``tags = {...}`` and ``tags=_helper()``."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        constants = _constants(tree)
+        returned = _returned_dicts(tree)
+        scopes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))]
+        for scope in scopes:
+            dicts = {**returned, **(_assigned_dicts(scope) if scope is not tree else {})}
+            for node in ast.walk(scope):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
+                        and node.func.attr in METRIC_METHODS):
+                    yield node, constants, dicts
 
 
 def _log_fields(call: ast.Call) -> set[str] | None:
@@ -66,10 +114,9 @@ def _calls():
 def metrics_in_code() -> dict[str, set[str]]:
     """Metric name → tag keys used with it anywhere."""
     found: dict[str, set[str]] = defaultdict(set)
-    for call, constants in _calls():
-        if call.func.attr in METRIC_METHODS:
-            for name in _names(call.args[0], constants):
-                found[name] |= _tag_keys(call)
+    for call, constants, dicts in _metric_calls():
+        for name in _names(call.args[0], constants):
+            found[name] |= _tag_keys(call, dicts)
     return dict(found)
 
 

@@ -286,6 +286,23 @@ class Firefox:
     def call(self, name: str, *args: Any, timeout: float = COMMAND_TIMEOUT) -> Any:
         return self.command("call", name=name, args=list(args), timeout=timeout)
 
+    def type_text(self, selector: str, text: str) -> None:
+        """Type into the page's element ``selector`` (a form field), as a user would."""
+        self.command("type", selector=selector, text=text)
+
+    def submit(self, selector: str) -> str:
+        """Click ``selector`` (a submit button) and wait for the page it leads to; that page's URL."""
+        return self.command("submit", selector=selector)
+
+    def text(self, selector: str) -> str:
+        return self.command("text", selector=selector)
+
+    def texts(self, selector: str) -> list[str]:
+        return self.command("texts", selector=selector)
+
+    def url(self) -> str:
+        return self.command("url")
+
     def wait_received(self, count: int, timeout: float) -> dict:
         """Poll the page until the service worker has stored ``count`` plaintexts."""
         deadline = time.monotonic() + timeout

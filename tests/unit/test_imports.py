@@ -42,7 +42,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / PACKAGE
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", (
         "autopush_flask", "autopush_flask.config", "autopush_flask.metrics", "autopush_flask.logging",
-        "autopush_flask.keepalive", "autopush_flask.node_auth", "autopush_flask.ids",
+        "autopush_flask.keepalive", "autopush_flask.node_auth", "autopush_flask.ids", "autopush_flask.urgency",
         "autopush_flask.crypto", "autopush_flask.crypto.*",
         "autopush_flask.db.models", "autopush_flask.db.errors", "autopush_flask.db.interface",
     )),
@@ -51,6 +51,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("push errors", ("autopush_flask.push_errors",)),
     ("delivery", ("autopush_flask.routers", "autopush_flask.routers.*")),
     ("services", ("autopush_flask.services", "autopush_flask.health")),
+    # The admin view: served by connection nodes, knowing nothing of them.
+    ("admin", ("autopush_flask.admin", "autopush_flask.admin.*")),
     ("nodes", (
         "autopush_flask.endpoint", "autopush_flask.endpoint.*",
         "autopush_flask.connection", "autopush_flask.connection.*",

@@ -10,6 +10,12 @@
 //   {"id": 2, "cmd": "call", "name": "subscribe", "args": ["BASE64URL-KEY"]}
 //   {"id": 3, "cmd": "close"}            (closes Firefox, then the driver exits)
 // "call" runs window.pushTest[name](...args) in the page (see index.html).
+// Forms and text (the admin view's test, tests/e2e/test_admin_view.py):
+//   {"id": 4, "cmd": "type", "selector": "#token", "text": "..."}
+//   {"id": 5, "cmd": "submit", "selector": "#login-submit"}   (click, wait for the next page; its URL)
+//   {"id": 6, "cmd": "text", "selector": "main"}              (innerText of the first match)
+//   {"id": 7, "cmd": "texts", "selector": "td.clients"}       (innerText of every match)
+//   {"id": 8, "cmd": "url"}
 import readline from "node:readline";
 import puppeteer from "puppeteer-core";
 
@@ -33,6 +39,22 @@ async function run(command) {
       return page.evaluate(
         (name, args) => window.pushTest[name](...args), command.name, command.args || [],
       );
+    case "type":
+      await page.type(command.selector, command.text);
+      return true;
+    case "submit": {
+      await Promise.all([
+        page.waitForNavigation({ waitUntil: "load", timeout: 20000 }),
+        page.click(command.selector),
+      ]);
+      return page.url();
+    }
+    case "text":
+      return page.$eval(command.selector, (element) => element.innerText);
+    case "texts":
+      return page.$$eval(command.selector, (elements) => elements.map((element) => element.innerText));
+    case "url":
+      return page.url();
     case "close":
       await browser.close();
       return true;
