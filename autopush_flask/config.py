@@ -194,6 +194,8 @@ PORT = validate.Range(min=1, max=65535)
 NON_NEGATIVE = validate.Range(min=0)
 POSITIVE = validate.Range(min=1)
 POSITIVE_SECONDS = validate.Range(min=0, min_inclusive=False)
+# Each tag value is a time series per milestone in the metrics store.
+MAX_SENDER_TAGS = 1000
 
 
 # --------------------------------------------------------------------------
@@ -298,6 +300,12 @@ class Settings:
     metrics_bind: str = setting(
         _text("127.0.0.1"),
         "Address the Prometheus ports listen on; keep them private (scrapers only).",
+    )
+    sender_tags: int = setting(
+        fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_SENDER_TAGS)),
+        "Tag delivery milestones with the domain of the sender's VAPID `sub` for at most this many "
+        "domains per process (the first to send 20 messages; others are `other`); 0 leaves the tag out "
+        "(docs/operations.md#delivery-tracking).",
     )
     log_level: str = setting(
         fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS)),

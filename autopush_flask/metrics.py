@@ -49,8 +49,12 @@ def _clean(text: str, forbidden: str) -> str:
 
 
 def _stringify_tags(tags: Tags | None) -> dict[str, str]:
-    """Tags are documented as strings; converting once keeps sinks consistent."""
-    return {str(k): str(v) for k, v in (tags or {}).items()}
+    """Tags are documented as strings; converting once keeps sinks consistent.
+
+    A tag whose value is ``None`` is left out: a call names every tag its
+    metric can carry and passes ``None`` for those that do not apply.
+    """
+    return {str(k): str(v) for k, v in (tags or {}).items() if v is not None}
 
 
 def _format_number(value: float) -> str:
@@ -252,6 +256,8 @@ def create_metrics(host: str | None, port: int, prefix: str, tags_enabled: bool)
 # tests/docs/test_prometheus_reference.py checks this against the code.
 CATALOGUE: dict[str, tuple[str, ...]] = {
     "database.retry": ("operation",),
+    "delivery.latency": ("source", "sender"),
+    "delivery.milestone": ("milestone", "code", "sender"),
     "database.unknown_sort_key": (),
     "error.node.connect": (),
     "error.node.timeout": (),

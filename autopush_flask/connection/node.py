@@ -34,6 +34,7 @@ from autopush_flask.logging import log_fields, uaid_hash_key
 from autopush_flask.metrics import prometheus_app
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.services import Services
+from autopush_flask.tracking import DeliveryTracker
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -74,6 +75,7 @@ class ConnectionNode:
             broadcasts=self.broadcasts,
             limits=SessionLimits.from_settings(settings),
             bookmark_margin=settings.bookmark_margin,
+            tracker=DeliveryTracker(node_services.metrics, settings.sender_tags),
         )
         self.encode = json.JSONEncoder(separators=(",", ":")).encode
         self.http = requests.Session()
@@ -82,7 +84,11 @@ class ConnectionNode:
         self._api_tls = node_api_tls(settings)
         self._peer_ca_verify: str | bool = settings.router_ca or True
         self.retries = RetryQueue(
-            self.call_storage, self.check_storage_of, node_services.metrics, settings.retry_queue_size
+            self.call_storage,
+            self.check_storage_of,
+            node_services.metrics,
+            settings.retry_queue_size,
+            tracker=self.ctx.milestones,
         )
         self.stopping = False
         self._api_server: WSGIServer | None = None

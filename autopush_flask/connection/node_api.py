@@ -32,7 +32,7 @@ import gevent.ssl
 from flask import Blueprint, Flask, Response, current_app, request
 from marshmallow import Schema, ValidationError, fields, validate
 
-from autopush_flask import urgency
+from autopush_flask import tracking, urgency
 from autopush_flask.admin.workers import WORKER_PATH
 from autopush_flask.config import Settings
 from autopush_flask.db import Notification
@@ -164,6 +164,11 @@ class NotificationSchema(Schema):
     sortkey_timestamp = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
     stored = fields.Boolean(load_default=False)
     urgency = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(urgency.LEVELS))
+    sender = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[validate.Length(max=tracking.SENDER_MAX_LENGTH), validate.Regexp(tracking.DOMAIN)],
+    )
 
 
 NOTIFICATION_SCHEMA = NotificationSchema()
@@ -208,6 +213,7 @@ def push(uaid: str) -> Response:
         sortkey_timestamp=body["sortkey_timestamp"],
         stored=body["stored"],
         urgency=body["urgency"],
+        sender=body["sender"],
     )
     if not client.deliver(notification):
         return _text("Client busy.", 503)

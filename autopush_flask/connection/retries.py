@@ -31,9 +31,10 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from autopush_flask import tracking
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.effects import Retry
-from autopush_flask.connection.storage_ops import StorageOp
+from autopush_flask.connection.storage_ops import SaveLateMessages, StorageOp
 from autopush_flask.db import StorageError
 from autopush_flask.logging import log_fields
 
@@ -91,10 +92,12 @@ class RetryQueue:
         metrics: Any,
         capacity: int,
         clock: Callable[[], float] = time.time,
+        tracker: tracking.DeliveryTracker | None = None,
     ) -> None:
         self._run_storage = run_storage
         self._notify_node = notify_node
         self._metrics = metrics
+        self._tracker = tracker or tracking.DeliveryTracker(metrics)
         self.capacity = capacity
         self._clock = clock
         self._jobs: deque[RetryJob] = deque()
@@ -109,7 +112,7 @@ class RetryQueue:
     def add(self, job: RetryJob) -> bool:
         """Queue ``job``; ``False`` (counted and logged) when the queue is full."""
         if self.weight + job.weight > self.capacity:
-            report_given_up(self._metrics, job.operation, "queue_full", job.uaid, job.message_ids)
+            self._give_up(job, "queue_full")
             return False
         self._jobs.append(job)
         self.weight += job.weight
@@ -139,6 +142,16 @@ class RetryQueue:
                 gevent.sleep(random.uniform(pause / 2, pause))
                 pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
 
+    def _give_up(self, job: RetryJob, reason: str) -> None:
+        report_given_up(self._metrics, job.operation, reason, job.uaid, job.message_ids)
+        self._track(job, tracking.GIVEN_UP)
+
+    def _track(self, job: RetryJob, milestone: str) -> None:
+        """Notifications stored late, or given up, are delivery milestones (docs/operations.md#delivery-tracking)."""
+        if isinstance(job.retry.op, SaveLateMessages):
+            for notification in job.retry.op.notifications:
+                self._tracker.milestone(milestone, notification.sender)
+
     def _take(self) -> RetryJob:
         job = self._jobs.popleft()
         self.weight -= job.weight
@@ -151,7 +164,7 @@ class RetryQueue:
     def _attempt(self, job: RetryJob) -> bool:
         """One try of ``job``: ``True`` when it is done with (written, or given up), ``False`` to retry."""
         if self._clock() >= job.retry.give_up_at:
-            report_given_up(self._metrics, job.operation, "expired", job.uaid, job.message_ids)
+            self._give_up(job, "expired")
             return True
         job.attempts += 1
         try:
@@ -160,12 +173,13 @@ class RetryQueue:
             if error.retryable:
                 return False
             log.warning(f"{job.operation} failed", extra=log_fields(error=str(error), uaid_hash=job.uaid))
-            report_given_up(self._metrics, job.operation, "refused", job.uaid, job.message_ids)
+            self._give_up(job, "refused")
             return True
         except Exception:  # a bug in one job must not stop the queue
             log.exception("background task failed")
-            report_given_up(self._metrics, job.operation, "error", job.uaid, job.message_ids)
+            self._give_up(job, "error")
             return True
+        self._track(job, tracking.STORED)
         if job.retry.notify:
             greenlets.spawn(self._notify_node, job.uaid)
         return True
@@ -193,4 +207,4 @@ class RetryQueue:
                 break
         while self._jobs:
             job = self._take()
-            report_given_up(self._metrics, job.operation, "shutdown", job.uaid, job.message_ids)
+            self._give_up(job, "shutdown")

@@ -102,6 +102,9 @@ class Notification:
     legacy: bool = False
     # The sender's Urgency header; ``None`` for "normal" (docs/protocol.md#urgency).
     urgency: str | None = None
+    # The domain of the sender's VAPID ``sub``, kept only while delivery
+    # tracking tags senders (docs/operations.md#delivery-tracking).
+    sender: str | None = None
     # Already in the message table (read from it, or stored by the endpoint
     # before handing it to a node): never stored again by a node.
     stored: bool = False
@@ -134,6 +137,7 @@ class Notification:
             "data": self.data or None,
             "headers": (self.headers or None) if self.data else None,
             "urgency": self.urgency,
+            "sender": self.sender,
         }
 
     @classmethod
@@ -149,6 +153,7 @@ class Notification:
             data=item.get("data"),
             headers=item.get("headers"),
             urgency=item.get("urgency"),
+            sender=item.get("sender"),
             stored=True,
             **{k: v for k, v in parsed.items() if k != "version"},
         )

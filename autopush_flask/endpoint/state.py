@@ -23,6 +23,7 @@ from autopush_flask.routers.fcm import FcmRouter
 from autopush_flask.routers.stub import DisabledStub, StubRouter
 from autopush_flask.routers.webpush import WebPushRouter, node_pool
 from autopush_flask.services import Services
+from autopush_flask.tracking import DeliveryTracker
 
 STATE_KEY = "autopush_endpoint"
 
@@ -35,6 +36,14 @@ class EndpointState:
     bridges: dict[str, BridgeRouter] = field(default_factory=dict)
     vapid: VapidVerifier = field(default_factory=VapidVerifier)
     publisher_controls: PublisherControls = field(default_factory=PublisherControls)
+    tracker: DeliveryTracker | None = None
+
+    @property
+    def milestones(self) -> DeliveryTracker:
+        """Delivery milestones (docs/operations.md#delivery-tracking), on the worker's metrics."""
+        if self.tracker is None:
+            self.tracker = DeliveryTracker(self.metrics, self.settings.sender_tags)
+        return self.tracker
 
     @property
     def settings(self) -> Settings:

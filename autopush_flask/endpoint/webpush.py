@@ -12,6 +12,7 @@ import time
 
 from flask import Blueprint, Response, request
 
+from autopush_flask import tracking
 from autopush_flask.crypto.base64url import encode_base64url
 from autopush_flask.crypto.endpoints import EndpointToken, parse_endpoint_token, vapid_key_hash
 from autopush_flask.crypto.keys import InvalidTokenError
@@ -34,7 +35,7 @@ from autopush_flask.push_errors import (
     VAPID_KEY_MISMATCH,
     PushError,
 )
-from autopush_flask.routers.delivery import DIRECT, Delivery
+from autopush_flask.routers.delivery import DIRECT, EXPIRED, STORED, Delivery
 
 BRIDGE_TYPES = ("fcm", "apns", "stub")
 LEGACY_DROPPED = "gcm"
@@ -60,10 +61,12 @@ def push(api_version: str, token: str) -> Response:
     _check_subscription(user, channels, subscription)
     body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
-    delivery = state.dispatcher.dispatch(user, _notification(subscription, headers, body))
+    sender = tracking.sender_domain(vapid.claims.get("sub")) if vapid is not None else None
+    delivery = state.dispatcher.dispatch(user, _notification(subscription, headers, body, sender))
     if user.router_type != WEBPUSH:
         _keep_bridge_record(user)
     _count_success(delivery, user, vapid, len(body), headers)
+    _track(delivery, sender)
     return _created(delivery.message_id, headers.ttl)
 
 
@@ -157,8 +160,12 @@ def _dropped_user(uaid: str) -> PushError:
     return PushError(NO_SUCH_SUBSCRIPTION)
 
 
-def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes) -> Notification:
-    """The message as accepted; the dispatcher gives it its version."""
+def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes, sender: str | None) -> Notification:
+    """The message as accepted; the dispatcher gives it its version.
+
+    It carries its sender's domain only while delivery tracking tags senders:
+    otherwise nobody reads it, and it would cost bytes in every stored message.
+    """
     return Notification(
         channel_id=subscription.channel_text,
         version="",
@@ -168,6 +175,7 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
         data=encode_base64url(body) if body else None,
         headers=headers.crypto_headers if body else None,
         urgency=headers.urgency,
+        sender=sender if endpoint_state().milestones.tracks_senders else None,
     )
 
 
@@ -184,6 +192,16 @@ def _count_success(delivery: Delivery, user: User, vapid: VapidResult | None, si
         "Successful delivery" if destination == DIRECT else "Router miss, message stored.",
         extra=log_fields(uaid_hash=user.uaid, message_size=size, message_ttl=headers.ttl, router_key=user.router_type),
     )
+
+
+DESTINATION_MILESTONES = {DIRECT: tracking.DELIVERED_DIRECT, STORED: tracking.STORED, EXPIRED: tracking.EXPIRED}
+
+
+def _track(delivery: Delivery, sender: str | None) -> None:
+    """Accepted, then where it went (docs/operations.md#delivery-tracking)."""
+    milestones = endpoint_state().milestones
+    milestones.milestone(tracking.ACCEPTED, sender)
+    milestones.milestone(DESTINATION_MILESTONES[delivery.destination], sender)
 
 
 def _created(message_id: str, ttl: int) -> Response:

@@ -187,6 +187,8 @@ def _node_payload(notification: Notification) -> dict:
         payload["stored"] = True
     if notification.urgency:
         payload["urgency"] = notification.urgency
+    if notification.sender:
+        payload["sender"] = notification.sender
     if notification.data:
         payload["data"] = notification.data
         payload["headers"] = notification.headers

@@ -43,6 +43,36 @@ class StatsdSink:
                 total += int(value)
         return total
 
+    def timings(self, name: str, **tags: str) -> list[float]:
+        """The values of timer ``name`` (``|ms``) sent with at least these tags, in arrival order."""
+        wanted = {f"{key}:{value}" for key, value in tags.items()}
+        with self._lock:
+            lines = list(self._lines)
+        found = []
+        for line in lines:
+            metric, _, rest = line.partition(":")
+            value, _, tail = rest.partition("|ms")
+            if metric != name or rest == value:
+                continue
+            sent_tags = set(tail.partition("|#")[2].split(",")) if "|#" in tail else set()
+            if wanted <= sent_tags:
+                found.append(float(value))
+        return found
+
+    def tag_values(self, name: str, key: str) -> set[str]:
+        """Every value tag ``key`` had on metric ``name``."""
+        with self._lock:
+            lines = list(self._lines)
+        values = set()
+        for line in lines:
+            if line.partition(":")[0] != name or "|#" not in line:
+                continue
+            for tag in line.partition("|#")[2].split(","):
+                tag_key, _, value = tag.partition(":")
+                if tag_key == key:
+                    values.add(value)
+        return values
+
     def wait_count(self, name: str, at_least: int, timeout: float = 5.0, **tags: str) -> int:
         """``count`` once it reaches ``at_least`` (UDP arrives a moment later), or at the deadline."""
         deadline = time.monotonic() + timeout

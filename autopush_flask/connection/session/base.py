@@ -28,6 +28,7 @@ from autopush_flask.crypto.keys import CryptoKeys
 from autopush_flask.db import Notification, Storage, StorageError, User
 from autopush_flask.db.models import SortKeyClock
 from autopush_flask.logging import log_fields
+from autopush_flask.tracking import DeliveryTracker
 
 Effects = Generator[Any, Any, None]
 
@@ -90,6 +91,16 @@ class NodeContext:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     rng: random.Random = dataclasses.field(default_factory=random.Random)
+    # Delivery milestones (docs/operations.md#delivery-tracking); on ``metrics`` unless given.
+    tracker: DeliveryTracker | None = None
+
+    def __post_init__(self) -> None:
+        if self.tracker is None:
+            self.tracker = DeliveryTracker(self.metrics)
+
+    @property
+    def milestones(self) -> DeliveryTracker:
+        return cast(DeliveryTracker, self.tracker)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -19,6 +19,7 @@ from autopush_flask.connection.storage_ops import DeleteMessage, GetUser, SaveLa
 from autopush_flask.crypto.message_ids import InvalidMessageIdError, MessageId
 from autopush_flask.db import Notification, StorageError
 from autopush_flask.logging import log_fields
+from autopush_flask.tracking import GIVEN_UP, STORED
 
 
 class DeliveryMixin(SessionBase):
@@ -26,10 +27,12 @@ class DeliveryMixin(SessionBase):
 
     def give_up_unstored(self, reason: str) -> None:
         """Count and log the direct notifications nobody will store, and forget them."""
-        unstored = [n.version for n in self.unacked_direct.values() if not n.stored]
+        unstored = [n for n in self.unacked_direct.values() if not n.stored]
         self.unacked_direct = {}
         if unstored:
-            report_given_up(self.ctx.metrics, "store_direct", reason, self.uaid or "", unstored)
+            report_given_up(self.ctx.metrics, "store_direct", reason, self.uaid or "", [n.version for n in unstored])
+        for notification in unstored:
+            self.ctx.milestones.milestone(GIVEN_UP, notification.sender)
 
     def _ack(self, message: Ack) -> Effects:
         self.ctx.metrics.increment("ua.command.ack")
@@ -55,6 +58,7 @@ class DeliveryMixin(SessionBase):
         if sent is None:
             return
         self._count_ack_code(update.code, sent.channel_id)
+        self.ctx.milestones.acked(sent, update.code, "Direct" if direct is not None else "Stored", self.ctx.clock())
         self._remember_ack(version)
         if direct is not None:
             self.stats.direct_acked += 1
@@ -132,6 +136,8 @@ class DeliveryMixin(SessionBase):
         if not stored:
             return
         self.stats.direct_storage += len(pending)
+        for notification in pending:
+            self.ctx.milestones.milestone(STORED, notification.sender)
         try:
             user = yield GetUser(uaid)
         except StorageError:

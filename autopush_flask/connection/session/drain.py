@@ -28,6 +28,7 @@ from autopush_flask.connection.storage_ops import (
 )
 from autopush_flask.db import Notification, StorageError, StorageThrottled
 from autopush_flask.logging import log_fields
+from autopush_flask.tracking import DROPPED_MSG_LIMIT, EXPIRED, TRANSMITTED
 
 
 class DrainMixin(SessionBase):
@@ -110,9 +111,10 @@ class DrainMixin(SessionBase):
         """
         now = self.ctx.clock()
         deleted = False
-        for notification in batch:
+        for index, notification in enumerate(batch):
             version = notification.version
             if notification.expired(now):
+                self.ctx.milestones.milestone(EXPIRED, notification.sender)
                 if notification.deleted_on_ack:
                     deleted |= yield from self._delete_stored(notification, retry=False)
             elif version in self.unacked_direct:
@@ -122,6 +124,8 @@ class DrainMixin(SessionBase):
             elif self._holds(notification):
                 self._note_held(notification)
             elif not (yield from self._send_stored(notification)):
+                for dropped in batch[index:]:  # the UAID was reset with these unsent
+                    self.ctx.milestones.milestone(DROPPED_MSG_LIMIT, dropped.sender)
                 break
         return deleted
 
@@ -135,6 +139,7 @@ class DrainMixin(SessionBase):
         self.unacked_stored[notification.version] = notification
         age_ms = max(0.0, self.ctx.clock() - notification.timestamp) * 1000
         self.ctx.metrics.timing("notification.storage.time", age_ms)
+        self.ctx.milestones.milestone(TRANSMITTED, notification.sender)
         yield from self._send_notification(notification, "Stored")
         return True
 

@@ -15,6 +15,7 @@ from autopush_flask.connection.protocol import Urgency, error_reply
 from autopush_flask.connection.session.base import Effects, SessionBase
 from autopush_flask.connection.storage_ops import SaveLateMessages, SetMinUrgency
 from autopush_flask.db import Notification, StorageError
+from autopush_flask.tracking import STORED
 
 URGENCY_OK = {"messageType": "urgency", "status": 200}
 # The record vanished under a connected client (the endpoint dropped it).
@@ -58,11 +59,13 @@ class UrgencyMixin(SessionBase):
         """
         if notification.stored or not notification.ttl:
             return
-        yield from self._best_effort(
+        stored = yield from self._best_effort(
             SaveLateMessages(self.known_user, (notification,)),
             retry_until=notification.timestamp + notification.ttl,
             message_ids=(notification.version,),
         )
+        if stored:
+            self.ctx.milestones.milestone(STORED, notification.sender)
 
     def _note_held(self, notification: Notification) -> None:
         """A stored message the drain leaves: the stored bookmark must stay below it."""

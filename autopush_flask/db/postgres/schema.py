@@ -85,12 +85,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     # Urgency (docs/protocol.md#urgency): the browser's minimum on its
-    # record, the sender's level on each message. NULL means the default.
+    # record, the sender's level on each message (NULL means the default);
+    # the sender's domain while delivery tracking tags senders
+    # (docs/operations.md#delivery-tracking).
     Migration(
         2,
         (
             "ALTER TABLE router ADD COLUMN urgency text",
             "ALTER TABLE messages ADD COLUMN urgency text",
+            "ALTER TABLE messages ADD COLUMN sender text",
         ),
     ),
 )

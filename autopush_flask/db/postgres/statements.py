@@ -110,14 +110,14 @@ LOWER_BOOKMARK = (
     "WHERE uaid = %(uaid)s AND expiry > %(now)s AND (bookmark IS NULL OR bookmark > %(lowered)s)"
 )
 
-MESSAGE_FIELDS = 'sort_key AS chidmessageid, ttl, "timestamp", updateid, data, headers, urgency'
+MESSAGE_FIELDS = 'sort_key AS chidmessageid, ttl, "timestamp", updateid, data, headers, urgency, sender'
 SAVE_MESSAGE = (
-    'INSERT INTO messages (uaid, sort_key, ttl, "timestamp", updateid, expiry, data, headers, urgency) '
+    'INSERT INTO messages (uaid, sort_key, ttl, "timestamp", updateid, expiry, data, headers, urgency, sender) '
     "VALUES (%(uaid)s, %(sort_key)s, %(ttl)s, %(timestamp)s, %(updateid)s, %(expiry)s, "
-    "%(data)s, %(headers)s, %(urgency)s) "
+    "%(data)s, %(headers)s, %(urgency)s, %(sender)s) "
     'ON CONFLICT (uaid, sort_key) DO UPDATE SET ttl = EXCLUDED.ttl, "timestamp" = EXCLUDED."timestamp", '
     "updateid = EXCLUDED.updateid, expiry = EXCLUDED.expiry, data = EXCLUDED.data, "
-    "headers = EXCLUDED.headers, urgency = EXCLUDED.urgency"
+    "headers = EXCLUDED.headers, urgency = EXCLUDED.urgency, sender = EXCLUDED.sender"
 )
 SET_MIN_URGENCY = "UPDATE router SET urgency = %(urgency)s WHERE uaid = %(uaid)s AND expiry > %(now)s"
 DELETE_MESSAGE = (

@@ -645,4 +645,5 @@ def _message_params(uaid: str, notification: Notification) -> dict[str, Any]:
         "data": item["data"],
         "headers": _json(item["headers"]),
         "urgency": item["urgency"],
+        "sender": item["sender"],
     }
