@@ -20,6 +20,7 @@ from tests.support.bridges import FakeBridges
 from tests.support.fake_node import FakeNode
 from tests.support.postgres import STORES, postgres_cluster, postgres_url  # noqa: F401 - fixtures, asked for by name
 from tests.support.processes import LocalDynamoDB
+from tests.support.statsd_sink import StatsdSink
 
 # Nodes refuse to start without crypto keys: one key for the run, as all the
 # nodes of a deployment share theirs.
@@ -119,3 +120,11 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeBridges]:
     bridges = FakeBridges.start(tmp_path_factory.mktemp("pki"))
     yield bridges
     bridges.stop()
+
+
+@pytest.fixture(scope="module")
+def statsd() -> Iterator[StatsdSink]:
+    """A real UDP statsd receiver for one module's nodes (``StatsdSink.settings()`` points them at it)."""
+    sink = StatsdSink()
+    yield sink
+    sink.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,6 @@ from tests.support.statsd_sink import StatsdSink
 ACKS = "autoconnect.ua.notification.ack"
 MISSING = object()
 PAYLOAD = b"secret payload bytes"
-
-
-@pytest.fixture(scope="module")
-def statsd() -> Iterator[StatsdSink]:
-    sink = StatsdSink()
-    yield sink
-    sink.close()
 
 
 @pytest.fixture(scope="module")

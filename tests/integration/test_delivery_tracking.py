@@ -6,7 +6,6 @@ latency and a bounded sender tag to a real statsd receiver.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -21,13 +20,6 @@ CONNECTION = "autoconnect.delivery.milestone"
 LATENCY = "autoconnect.delivery.latency"
 SENDER_TAGS = 2
 STEADY = "mailto:ops@steady.example"
-
-
-@pytest.fixture(scope="module")
-def statsd() -> Iterator[StatsdSink]:
-    sink = StatsdSink()
-    yield sink
-    sink.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,13 +43,6 @@ DIRECT_STATUS = "autoendpoint.notification.direct.delivery_status"
 
 
 # ---- fixtures and helpers ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def statsd() -> Iterator[StatsdSink]:
-    sink = StatsdSink()
-    yield sink
-    sink.close()
 
 
 @pytest.fixture(scope="module")

@@ -29,34 +29,26 @@ class StatsdSink:
 
     def count(self, name: str, **tags: str) -> int:
         """The sum of counter ``name`` (with its prefix) sent with at least these tags."""
-        wanted = {f"{key}:{value}" for key, value in tags.items()}
-        total = 0
-        with self._lock:
-            lines = list(self._lines)
-        for line in lines:
-            metric, _, rest = line.partition(":")
-            value, _, tail = rest.partition("|c")
-            if metric != name or rest == value:
-                continue
-            sent_tags = set(tail.partition("|#")[2].split(",")) if "|#" in tail else set()
-            if wanted <= sent_tags:
-                total += int(value)
-        return total
+        return sum(int(value) for value in self._values(name, "c", tags))
 
     def timings(self, name: str, **tags: str) -> list[float]:
         """The values of timer ``name`` (``|ms``) sent with at least these tags, in arrival order."""
+        return [float(value) for value in self._values(name, "ms", tags)]
+
+    def _values(self, name: str, kind: str, tags: dict[str, str]) -> list[str]:
+        """The value fields of ``name:<value>|<kind>[|#tags]`` lines carrying at least ``tags``."""
         wanted = {f"{key}:{value}" for key, value in tags.items()}
         with self._lock:
             lines = list(self._lines)
         found = []
         for line in lines:
             metric, _, rest = line.partition(":")
-            value, _, tail = rest.partition("|ms")
-            if metric != name or rest == value:
+            value, _, tail = rest.partition(f"|{kind}")
+            if metric != name or rest == value or (tail and not tail.startswith("|")):
                 continue
             sent_tags = set(tail.partition("|#")[2].split(",")) if "|#" in tail else set()
             if wanted <= sent_tags:
-                found.append(float(value))
+                found.append(value)
         return found
 
     def tag_values(self, name: str, key: str) -> set[str]:
