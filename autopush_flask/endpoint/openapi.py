@@ -25,12 +25,14 @@ from autopush_flask.endpoint.state import endpoint_state
 openapi = Blueprint("openapi", __name__)
 
 PUSH_ERRORS = {
-    "400": "Invalid headers (errno 110–114)",
+    "400": "Invalid headers (errno 110–114; 110 also for an invalid Urgency)",
     "401": "VAPID authentication failed (errno 109)",
+    "403": "VAPID missing or signed by a key this server does not allow (errno 120)",
     "404": "Invalid endpoint (errno 102)",
     "408": "Body sent too slowly (errno null)",
     "410": "Subscription gone (errno 103, 105, 106)",
     "413": "Payload too large (errno 104)",
+    "429": "Too many pushes to this subscription (errno 121); retry after Retry-After seconds",
     "503": "Storage unavailable; retry (errno 201, 202)",
 }
 HEALTH_PATHS = {

@@ -466,6 +466,15 @@ def test_openapi_document_is_served(stack: Stack) -> None:
     document = requests.get(f"{stack.endpoint_url}/openapi.json", timeout=5).json()
     assert document["openapi"].startswith("3.")
     assert "/wpush/{api_version}/{token}" in document["paths"]
+    push = document["paths"]["/wpush/{api_version}/{token}"]["post"]
+    [urgency] = [p for p in push["parameters"] if p["in"] == "header" and p["name"] == "Urgency"]
+    assert urgency["schema"]["enum"] == ["very-low", "low", "normal", "high"]
+    assert {"403", "429"} <= set(push["responses"])  # the publisher controls
+    [router_type] = [
+        p for p in document["paths"]["/v1/{router_type}/{app_id}/registration"]["post"]["parameters"]
+        if p["name"] == "router_type"
+    ]
+    assert "stub" in router_type["description"]
     json.dumps(document)
 
 
