@@ -24,6 +24,8 @@ from typing import Any
 from cryptography.fernet import Fernet
 from marshmallow import Schema, ValidationError, fields, validate
 
+from autopush_flask.proxies import AWS_DYNAMODB_URL, ProxyRefused, proxy_for
+
 PREFIX = "AUTOPUSH_"
 CONFIG_FILE_VARIABLE = "AUTOPUSH_CONFIG_FILE"
 INI_SECTION = "autopush"
@@ -828,7 +830,18 @@ def load_settings(node_type: str, environ: Mapping[str, str], require_crypto_key
     settings = Settings(node_type=node_type, **_derive(values))
     _check_consistency(settings)
     _check_public_tls(settings)
+    _check_proxy(settings, environ)
     return settings
+
+
+def _check_proxy(settings: Settings, environ: Mapping[str, str]) -> None:
+    """A proxy DynamoDB's item path could not use stops the start (docs/operations.md#http-proxies)."""
+    if settings.db_url:
+        return
+    try:
+        proxy_for(settings.ddb_endpoint or AWS_DYNAMODB_URL, environ)
+    except ProxyRefused as error:
+        raise SettingsError(str(error)) from error
 
 
 # --------------------------------------------------------------------------

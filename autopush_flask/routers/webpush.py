@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from typing import Any, cast
 
 from autopush_flask import urgency
 from autopush_flask.db import Notification, Storage, StorageError, User
-from autopush_flask.keepalive import HTTPFailure, HTTPTimeout, PoolManager
+from autopush_flask.http_client import HTTPFailure, HTTPTimeout, PoolManager
 from autopush_flask.logging import log_fields
 from autopush_flask.node_auth import RouterRequestKeys
 from autopush_flask.push_errors import GONE_DURING_REQUEST, STORE_FAILED, PushError
 from autopush_flask.routers.delivery import DIRECT, EXPIRED, STORED
 
-NODE_POOL_SIZE = 100
+NODE_POOL_SIZE = 100  # connection nodes (origins) a worker keeps a pool for
+NODE_CONCURRENCY = 100  # connections to one node at once; more requests wait, within the deadline
 JSON_HEADERS = [("Content-Type", "application/json")]
 NODE_TOOK_IT = 200
 
@@ -42,12 +42,14 @@ class NodeUnreachable(Exception):
 def node_pool(connect_timeout: float, request_timeout: float, router_ca: str | None = None) -> PoolManager:
     """Pooled keep-alive HTTP to connection nodes, one per worker process.
 
-    This call is on every push's path; see ``keepalive`` for why it does not
-    go through urllib3 or requests. https routers are verified against
-    ``router_ca`` (a CA bundle path), else the system trust store.
+    This call is on every push's path (``http_client``; docs/architecture.md#dependency-notes).
+    https routers are verified against ``router_ca`` (a CA bundle path), else
+    the system trust store. Never through a proxy: node_ids are private
+    addresses (docs/operations.md#http-proxies).
     """
-    tls = ssl.create_default_context(cafile=router_ca) if router_ca else None
-    return PoolManager(connect_timeout, request_timeout, max_pools=NODE_POOL_SIZE, ssl_context=tls)
+    return PoolManager(
+        connect_timeout, request_timeout, max_pools=NODE_POOL_SIZE, ca_file=router_ca, concurrency=NODE_CONCURRENCY
+    )
 
 
 class WebPushRouter:

@@ -9,6 +9,8 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import brotli
+
 from tests.support.processes import ROOT
 
 APP_SCRIPT = """
@@ -32,8 +34,13 @@ class FakeSentry:
 
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
+                # sentry-sdk compresses with brotli when it is installed (geventhttpclient
+                # brings it), else gzip, as Sentry's own servers accept.
+                encoding = self.headers.get("Content-Encoding")
+                if encoding == "gzip":
                     raw = gzip.decompress(raw)
+                elif encoding == "br":
+                    raw = brotli.decompress(raw)
                 items = []
                 for line in raw.splitlines():
                     try:

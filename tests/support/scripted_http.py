@@ -1,6 +1,6 @@
 """A TCP server that answers each HTTP request with the next scripted raw answer.
 
-Tests of the keep-alive client need peers that misbehave on purpose: close
+Tests of the pooled HTTP client (autopush_flask/http_client.py) need peers that misbehave on purpose: close
 idle connections, answer in chunks, hang, send garbage. Each request read is
 recorded with the connection it arrived on; each answer is written byte for
 byte as scripted.
@@ -31,14 +31,26 @@ class Received:
     body: bytes
 
 
+def ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (IPv6 tests skip otherwise)."""
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
 def ok(body: bytes = b"{}", *headers: str) -> Answer:
     lines = [b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(body), *(h.encode() for h in headers)]
     return Answer(b"\r\n".join(lines) + b"\r\n\r\n" + body)
 
 
 class ScriptedServer:
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+        """``host="::1"`` listens on the IPv6 loopback (``origin()`` then brackets it)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, 0), family=family)
+        self.host = host
         self._tls = tls
         self._answers: list[Answer] = []
         self._lock = threading.Lock()
@@ -52,7 +64,8 @@ class ScriptedServer:
         return self._listener.getsockname()[1]
 
     def origin(self, scheme: str = "http") -> str:
-        return f"{scheme}://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     def script(self, *answers: Answer) -> None:
         with self._lock:

@@ -11,8 +11,8 @@ the error mapping.
 from __future__ import annotations
 
 import functools
+import os
 import random
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,9 +23,11 @@ from botocore.config import Config
 from botocore.httpsession import where as default_ca_bundle
 
 from autopush_flask import __version__
+from autopush_flask.config import SettingsError
 from autopush_flask.db.dynamodb.wire import ITEM_OPERATIONS, ItemClient
 from autopush_flask.db.errors import StorageError, map_error
-from autopush_flask.keepalive import ConnectionPool
+from autopush_flask.http_client import ConnectionPool
+from autopush_flask.proxies import Proxy, ProxyRefused, proxy_for
 
 DEFAULT_REGION = "us-east-1"
 MAX_ATTEMPTS = 3
@@ -101,16 +103,25 @@ def connect(endpoint_url: str | None, metrics: Any) -> DynamoDB:
         origin,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         timeout=READ_TIMEOUT_SECONDS,
-        max_idle=MAX_POOL_CONNECTIONS,
-        ssl_context=_tls_context(core) if origin.startswith("https:") else None,
+        concurrency=MAX_POOL_CONNECTIONS,
+        # DynamoDB's certificate against the CA bundle boto3 would use
+        ca_file=core.get_config_variable("ca_bundle") or default_ca_bundle(),
+        proxy=_proxy(origin),
     )
     items = ItemClient(pool, client.meta.region_name, session.get_credentials(), USER_AGENT)
     return DynamoDB(client, items, metrics)
 
 
-def _tls_context(core: botocore.session.Session) -> ssl.SSLContext:
-    """Verify DynamoDB's certificate against the CA bundle boto3 would use."""
-    return ssl.create_default_context(cafile=core.get_config_variable("ca_bundle") or default_ca_bundle())
+def _proxy(origin: str) -> Proxy | None:
+    """The proxy boto3 uses for the same URL (docs/operations.md#http-proxies).
+
+    config.py refused an unusable one at start-up against the configured
+    endpoint; the endpoint resolved from the region is checked again here.
+    """
+    try:
+        return proxy_for(origin, os.environ)
+    except ProxyRefused as error:
+        raise SettingsError(str(error)) from error
 
 
 def create_boto_client(session: Any, endpoint_url: str | None) -> Any:

@@ -1,4 +1,4 @@
-"""DynamoDB's JSON protocol for item operations, signed with SigV4, on a keep-alive pool.
+"""DynamoDB's JSON protocol for item operations, signed with SigV4, on a keep-alive pool (``http_client``).
 
 Item reads and writes are on every push's path. botocore's generic machinery
 (serialisers, event hooks, endpoint rules, response shapes, http.client) costs
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autopush_flask.db.errors import StorageError, StorageUnavailable, error_for_code
-from autopush_flask.keepalive import ConnectionPool, HTTPFailure
+from autopush_flask.http_client import ConnectionPool, HTTPFailure
 
 SERVICE = "dynamodb"
 TARGET_PREFIX = "DynamoDB_20120810."
@@ -118,7 +118,7 @@ class ItemClient:
             response = self._pool.request("POST", "/", headers, body)
         except HTTPFailure as error:
             raise StorageUnavailable(f"{operation}: {error}", operation, type(error).__name__) from error
-        _check_crc32(response.headers.get("x-amz-crc32"), response.body, operation)
+        _check_crc32(response.header("x-amz-crc32"), response.body, operation)
         if response.status == 200:
             return json.loads(response.body)
         raise _error_from(operation, response.status, response.body)
