@@ -8,6 +8,10 @@ No client can hold up another one: every write has a deadline
 (``PushWebSocket.send_frame``), the node's timer never waits for a client's
 lock (``tick``), and a client sending without pause yields to the others
 after each message.
+
+A client's timer duties are filed in the node's timer wheel (``timers.py``)
+at the time of the next one; the client files itself again whenever that
+time moves outside a visit (identified, ping sent).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from autopush_flask.connection.effects import (
 from autopush_flask.connection.retries import RetryJob, RetryQueue
 from autopush_flask.connection.session import NodeContext, Session
 from autopush_flask.connection.storage_ops import STORAGE_OPS, StorageOp
+from autopush_flask.connection.timers import TimerWheel
 from autopush_flask.connection.websocket import MESSAGE_REFUSED, PushWebSocket, SendTimeout
 from autopush_flask.db import Notification
 from autopush_flask.logging import log_fields
@@ -62,6 +67,7 @@ class ClientHost(Protocol):
     settings: Settings
     ctx: NodeContext
     retries: RetryQueue
+    timers: TimerWheel
 
     def encode(self, payload: dict) -> str: ...
 
@@ -95,6 +101,8 @@ class ClientConnection:
         "next_ping_at",
         "hello_deadline",
         "finished",
+        "timer_due",
+        "timer_slot",
     )
 
     def __init__(self, node: ClientHost, ws: PushWebSocket, user_agent: str) -> None:
@@ -110,6 +118,8 @@ class ClientConnection:
         timeout = node.settings.hello_timeout
         self.hello_deadline = now + timeout if timeout else None
         self.finished = False
+        self.timer_due: float | None = None  # filed by the node's timer wheel
+        self.timer_slot: int | None = None
 
     @property
     def connected_at(self) -> int:
@@ -229,31 +239,55 @@ class ClientConnection:
         (``Session.on_shutdown_store``); the client stays connected."""
         self.run(self.session.on_shutdown_store)
 
-    def tick(self, now: float) -> None:
-        """Timer duties (hello timeout, auto-ping, pong timeout), once a second.
+    def next_duty(self, identified: bool = False) -> float | None:
+        """When a timer duty (hello timeout, pong timeout, auto-ping) next falls due; ``None``: never.
 
-        Called for every client in turn by the node's one timer greenlet, so
-        it must never block: a due duty runs in a side greenlet, and only when
-        the client's lock is free. A client whose lock is held (a handler
-        waiting on storage, or writing to a client that stopped reading) is
-        looked at again on the next tick; if its hello or pong deadline has
-        passed by more than the send deadline meanwhile, it is aborted at the
-        socket level, without its lock.
+        ``identified``: as for an identified client (hello yields ``Identify``
+        just before it enters that state).
         """
         if self.finished:
-            return
+            return None
+        if self.hello_deadline is not None and not (identified or self.session.identified):
+            return self.hello_deadline
+        due = self.next_ping_at
+        if self.ping_sent_at is not None and self.ws.last_pong < self.ping_sent_at:
+            pong_due = self.ping_sent_at + self.node.settings.auto_ping_timeout
+            due = pong_due if due is None else min(due, pong_due)
+        return due
+
+    def tick(self, now: float) -> float | None:
+        """Timer duties (hello timeout, auto-ping, pong timeout) due at ``now``; when
+        the client next needs a visit (``now``: on the next tick; ``None``: never).
+
+        Called by the node's one timer greenlet for the clients whose
+        ``next_duty`` has come (``timers.TimerWheel``), once a second at
+        most, so it must never block: a due duty runs in a side greenlet,
+        and only when the client's lock is free. A client whose lock is held
+        (a handler waiting on storage, or writing to a client that stopped
+        reading) is looked at again on the next tick; if its hello or pong
+        deadline has passed by more than the send deadline meanwhile, it is
+        aborted at the socket level, without its lock. A client with a duty
+        done is looked at again on the next tick too, as long as it is due.
+        """
+        if self.finished:
+            return None
         settings = self.node.settings
         if self.hello_deadline is not None and not self.session.identified:
-            self._when_due(now - self.hello_deadline, self.session.on_hello_timeout, "hello timeout")
-            return
+            if self._when_due(now - self.hello_deadline, self.session.on_hello_timeout, "hello timeout"):
+                return now
+            return self.hello_deadline
         if self.ping_sent_at is not None and self.ws.last_pong < self.ping_sent_at:
             late = now - self.ping_sent_at - settings.auto_ping_timeout
-            self._when_due(late, self.session.on_ping_timeout, "ping timeout")
-            return
+            if self._when_due(late, self.session.on_ping_timeout, "ping timeout"):
+                return now
+            if self.next_ping_at is not None and now >= self.next_ping_at:
+                return now  # the next ping waits for this pong: look again each tick until it comes
+            return self.next_duty()
         if self.next_ping_at is not None and now >= self.next_ping_at:
             self.next_ping_at = now + settings.auto_ping_interval
             if not self.lock.locked():  # a busy client is evidently alive
                 greenlets.spawn(self.run, self.session.on_auto_ping)
+        return self.next_ping_at
 
     def shut_down(self, wait: float) -> None:
         """The worker's last word to this client: close with 1012 (``Session.on_shutdown``).
@@ -269,14 +303,16 @@ class ClientConnection:
             self.session.note_disconnect_reason("shutdown")
             self._abort()
 
-    def _when_due(self, late: float, handler: Any, reason: str) -> None:
+    def _when_due(self, late: float, handler: Any, reason: str) -> bool:
+        """Run ``handler`` if its deadline has passed (``late`` >= 0); ``True`` if it had."""
         if late < 0:
-            return
+            return False
         if not self.lock.locked():
             greenlets.spawn(self.run, handler)
         elif late > self.node.settings.send_timeout:
             self.session.note_disconnect_reason(reason)
             self._abort()
+        return True
 
     # ---- effects
 
@@ -293,9 +329,11 @@ class ClientConnection:
             self._close(effect)
         elif isinstance(effect, PingFrame):
             self.ping_sent_at = time.monotonic()
+            self.node.timers.schedule(self, self.next_duty())  # the pong's deadline
             self.ws.ping()
         elif isinstance(effect, Identify):
             self.node.identify(self)
+            self.node.timers.schedule(self, self.next_duty(identified=True))  # past hello: the auto-ping
         elif isinstance(effect, NodeRequest):
             self.node.node_request(effect.method, effect.url)
         elif isinstance(effect, Sleep):

@@ -22,13 +22,19 @@ What is changed from gevent-websocket 0.10.1, and why:
 * The HTTP request that opens a connection must arrive whole (and be
   answered) within ``upgrade_timeout``, else the connection is closed
   (slow-header attacks); the deadline ends once it is a WebSocket.
+* Once a connection is a WebSocket, what only its HTTP request needed is let
+  go (parsed headers, the WSGI environ, the buffered request reader), and
+  frames are read straight from the socket (``SocketReader``): an idle
+  client holds no read buffer (docs/performance.md#connection-memory).
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 import time
+import types
 from typing import Any, ClassVar
 
 import gevent
@@ -41,12 +47,15 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_UTF8 = 1007
 CLOSE_TOO_BIG = 1009
 MAX_CLOSE_REASON = 123
-# The read buffer of each connection. Push clients send small frames (a
-# few hundred bytes), longer ones are read straight into their message.
-# The stock 8 KiB buffer stays allocated for as long as a client is
-# connected, and once heap pages dirtied by earlier requests are reused
-# for it, all of it is resident: most of an idle client's memory.
+# The read buffer of each connection's HTTP request (its upgrade). The stock
+# 8 KiB buffer would stay allocated for as long as a client is connected, and
+# once heap pages dirtied by earlier requests are reused for it, all of it is
+# resident. Once the connection is a WebSocket it holds no buffer at all.
 READ_BUFFER_BYTES = 1024
+# What one WebSocket read asks the socket for at least: push clients send
+# small frames (a few hundred bytes), so a frame's header and payload mostly
+# come in one call; longer payloads are read at their length.
+READ_CHUNK_BYTES = 1024
 # The kernel send buffer of each client socket (Linux doubles it for its own
 # bookkeeping). Left to autotuning it grows to ``tcp_wmem``'s maximum (4 MiB
 # by default) for a client that does not read; capped, a stalled client holds
@@ -95,6 +104,56 @@ class _NoValidator:
 NO_VALIDATOR = _NoValidator()
 
 
+class SocketReader:
+    """A WebSocket's reads, straight from its socket.
+
+    gevent-websocket reads through the request's buffered reader: a buffer
+    and a ``memoryview`` of it held by every waiting client, and a C-to-Python
+    call (``BufferedReader`` into ``SocketIO``) on the stack each waiting
+    greenlet saves. This asks the socket itself; what a read gets past the
+    bytes asked for waits in ``pending`` (less than ``READ_CHUNK_BYTES``) for
+    the next one, and is empty between a client's messages.
+    """
+
+    __slots__ = ("sock", "pending", "write")
+
+    def __init__(self, sock: Any, pending: bytes = b"") -> None:
+        self.sock = sock
+        self.pending = pending
+        self.write = sock.sendall
+
+    def read(self, size: int) -> bytes:
+        """``size`` bytes; fewer only when the connection ends first."""
+        data = self.pending
+        if len(data) < size:
+            parts = [data]
+            have = len(data)
+            while have < size:
+                chunk = self.sock.recv(max(size - have, READ_CHUNK_BYTES))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+            data = b"".join(parts)
+        self.pending = data[size:]
+        return data[:size]
+
+
+class _NoInput:
+    """Stands in for the request body of an upgraded connection (it has none to discard)."""
+
+    __slots__ = ()
+
+    def _discard(self) -> None:
+        pass
+
+
+NO_INPUT = _NoInput()
+# The request reader of an upgraded connection: ``closed``, so nothing reads another request.
+CLOSED_READER = io.BytesIO()
+CLOSED_READER.close()
+
+
 def unmask(payload: bytes, mask: bytes) -> bytes:
     """XOR ``payload`` with the repeated 4-byte ``mask`` as one big integer (C speed)."""
     length = len(payload)
@@ -108,7 +167,13 @@ class PushWebSocket(WebSocket):
 
     __slots__ = ("message_bytes", "last_pong", "send_timeout", "unread_bytes")
 
-    def __init__(self, environ: dict, stream: Stream, handler: Any, send_timeout: float = DEFAULT_SEND_TIMEOUT) -> None:
+    def __init__(
+        self,
+        environ: dict | None,
+        stream: Stream | SocketReader,
+        handler: Any,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    ) -> None:
         # Not super().__init__: it would give every client its own pure-Python validator.
         self.environ = environ
         self.closed = False
@@ -257,6 +322,7 @@ class PushWebSocketHandler(WebSocketHandler):
     # here rather than on the handler: one more attribute in the handler's
     # ``__dict__`` makes it grow a size class, ~1.4 KiB for every idle client.
     request_deadlines: ClassVar[dict[PushWebSocketHandler, gevent.Timeout]] = {}
+    environ: dict
 
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
         if rfile is None:
@@ -299,8 +365,62 @@ class PushWebSocketHandler(WebSocketHandler):
         super().handle_error(t, v, tb)
 
     def run_websocket(self) -> Any:
+        """gevent-websocket's, without its table of clients (``server.clients``, which
+        nothing here reads), after letting go of what only the request needed."""
         self._end_request_deadline()
-        return super().run_websocket()
+        websocket: Any = self.websocket
+        if self.environ.get("PATH_INFO") == "/":  # a push client (other paths go to Flask, which reads all of it)
+            self._shed_request()
+        environ: dict = self.environ
+        app = self.application
+        # A class's ``__call__`` called as the plain function it is: CPython then
+        # runs it without a C-level call, ~0.7 KiB less of C stack that the
+        # greenlet of every waiting client keeps (docs/performance.md#connection-memory).
+        call = type(app).__dict__.get("__call__")
+        try:
+            if isinstance(call, types.FunctionType):
+                list(call(app, environ, _ignore_response))
+            else:
+                list(app(environ, _ignore_response))
+        finally:
+            if not websocket.closed:
+                websocket.close()
+            environ["wsgi.websocket"] = None
+            self.websocket = None
+
+    def _shed_request(self) -> None:
+        """Let go of the HTTP request of an upgraded connection: ~4 KiB per client.
+
+        Its parsed headers, raw header lines, response headers and WSGI
+        environ stay referenced by the handler (and the environ by the app)
+        for as long as the client is connected. The app is given what it
+        reads: the path, the user agent and the WebSocket.
+        """
+        environ: dict = self.environ
+        self.environ = {
+            "PATH_INFO": environ.get("PATH_INFO"),
+            "HTTP_USER_AGENT": environ.get("HTTP_USER_AGENT", ""),
+            "wsgi.websocket": environ.get("wsgi.websocket"),
+        }
+        self.headers = self.response_headers = None
+        self.wsgi_input = NO_INPUT
+        self.rfile = CLOSED_READER
+
+    def _buffered_input(self) -> bytes:
+        """What the request's reader holds past the request, without waiting for more.
+
+        A client may send its first frames before our 101 arrives; they are
+        in the reader's buffer, which the WebSocket no longer reads through.
+        """
+        sock = self.socket
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)
+        try:
+            return self.rfile.read1(READ_BUFFER_BYTES) or b""
+        except OSError:  # nothing buffered and nothing on the socket (TLS: "want read")
+            return b""
+        finally:
+            sock.settimeout(timeout)
 
     def upgrade_connection(self) -> Any:
         node = getattr(self.application, "node", None)
@@ -316,7 +436,13 @@ class PushWebSocketHandler(WebSocketHandler):
         if plain is not None:
             plain.closed = True  # its __del__ would otherwise send a close frame
             send_timeout = node.settings.send_timeout if node is not None else DEFAULT_SEND_TIMEOUT
-            self.websocket = PushWebSocket(self.environ, Stream(self), self, send_timeout)
+            reader = SocketReader(self.socket, self._buffered_input())
+            self.websocket = PushWebSocket(None, reader, self, send_timeout)
             self.environ["wsgi.websocket"] = self.websocket
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         return result
+
+
+def _ignore_response(status: str, headers: list, exc_info: Any = None) -> list:
+    """The ``start_response`` of an upgraded connection: its response (the 101) is sent."""
+    return []

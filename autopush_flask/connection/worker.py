@@ -58,6 +58,10 @@ class ConnectionWorker(GeventPyWSGIWorker):
     wsgi_handler = PushWebSocketHandler
 
     def run(self) -> None:
+        # gevent records, for debugging, each greenlet's spawner and newest ten
+        # spawning frames; for the greenlet of every connection that is ~0.3 KiB
+        # held while it lasts (docs/performance.md#connection-memory).
+        gevent.config.track_greenlet_tree = False
         app: Any = self.wsgi
         if hasattr(app, "node"):
             app.start()

@@ -4,10 +4,17 @@
 Opens N idle clients (hello + 2 registers each) against one connection
 worker under gunicorn, and in the same run N clients against a bare
 gevent-websocket echo app under the same worker class. Prints the worker's
-RSS growth per client for both, their ratio (target <= 1.2), and hellos per
-second against the floor's connects per second.
+RSS growth per client for both, their ratio (target <= 1.2), hellos per
+second against the floor's connects per second, and the CPU the idle
+clients cost each worker (% of one core per 10,000 clients).
 
-    .venv/bin/python scripts/bench/connections.py [--clients 5000] [--registers 2]
+    .venv/bin/python scripts/bench/connections.py [--clients 5000] [--registers 2] [--idle-seconds 20]
+
+Idle CPU is read from ``/proc/<worker>/task/*/schedstat`` (nanoseconds)
+over ``--idle-seconds`` once the clients are connected and settled, in
+``IDLE_WINDOWS`` windows: the median and the spread (lowest–highest) are
+printed, and the worker's idle CPU before any client connected, over half as
+long. ``--idle-seconds 0`` skips it.
 
 Clients run in a separate process; the open-files cap (20,000) bounds N.
 
@@ -28,6 +35,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +57,7 @@ from tests.support.processes import (  # noqa: E402
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 ECHO_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 SETTLE_SECONDS = 3.0
+IDLE_WINDOWS = 5
 
 
 def open_clients(url: str, count: int, mode: str, registers: int) -> None:
@@ -94,6 +103,27 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all the process's threads so far, at nanosecond resolution."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            continue
+    return total / 1e9
+
+
+def idle_cpu(pid: int, seconds: float, windows: int = IDLE_WINDOWS) -> list[float]:
+    """Percent of one core the process used in each of ``windows`` equal windows of ``seconds``."""
+    shares = []
+    for _ in range(windows):
+        used, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds / windows)
+        shares.append(100 * (cpu_seconds(pid) - used) / (time.monotonic() - started))
+    return shares
+
+
 def snapshot(worker: int, diag_dir: str | None) -> dict:
     """The worker's smaps breakdown and its own allocator report."""
     from scripts.bench.memory import heap_residency, smaps_breakdown
@@ -115,7 +145,7 @@ def snapshot(worker: int, diag_dir: str | None) -> dict:
 
 def measure(
     command: list[str], env: dict, port: int, url: str, count: int, mode: str, registers: int,
-    diag_dir: str | None = None,
+    diag_dir: str | None = None, idle_seconds: float = 0.0,
 ) -> dict:
     if diag_dir:
         command = [command[0], "-c", str(ROOT / "scripts/bench/gunicorn_diag.conf.py")] + [
@@ -127,6 +157,7 @@ def measure(
         wait_for_port(port, timeout=30)
         time.sleep(SETTLE_SECONDS)
         worker = worker_pid(server.pid)
+        empty_cpu = idle_cpu(worker, idle_seconds / 2) if idle_seconds else []
         before = rss_kib(worker)
         snapshots = [snapshot(worker, diag_dir)] if diag_dir else []
         clients = subprocess.Popen(
@@ -139,6 +170,7 @@ def measure(
         after = rss_kib(worker)
         if diag_dir:
             snapshots.append(snapshot(worker, diag_dir))
+        clients_cpu = idle_cpu(worker, idle_seconds) if idle_seconds else []
         clients.stdin.write("done\n")
         clients.stdin.flush()
         clients.wait(60)
@@ -151,7 +183,22 @@ def measure(
         "rss_before_kib": before,
         "rss_after_kib": after,
         "snapshots": snapshots,
+        "idle_cpu_empty": empty_cpu,
+        "idle_cpu": clients_cpu,
     }
+
+
+def idle_summary(result: dict, count: int) -> str:
+    """Idle CPU with the clients, per 10,000 of them (median and spread of the windows), and
+    the clients' own share: the median beyond the worker's median with no client."""
+    per_10k = sorted(share * 10_000 / count for share in result["idle_cpu"])
+    empty = statistics.median(result["idle_cpu_empty"])
+    own = (statistics.median(result["idle_cpu"]) - empty) * 10_000 / count
+    return (
+        f"{statistics.median(per_10k):.3f} % of a core per 10,000 clients "
+        f"({per_10k[0]:.3f}–{per_10k[-1]:.3f} over {len(per_10k)} windows); "
+        f"{empty:.3f} % with no client, so the clients' own {own:.3f} % per 10,000"
+    )
 
 
 def _flatten(snap: dict) -> dict[str, float]:
@@ -164,6 +211,18 @@ def _flatten(snap: dict) -> dict[str, float]:
         if key in report:
             flat[key] = report[key]
     return flat
+
+
+def print_types(result: dict, count: int, top: int = 25) -> None:
+    """The gc-tracked types that grew most, per client (count and bytes of the objects themselves)."""
+    before, after = ((s["report"] or {}).get("types", {}) for s in result["snapshots"])
+    growth = {
+        name: (after[name][0] - before.get(name, [0, 0])[0], after[name][1] - before.get(name, [0, 0])[1])
+        for name in after
+    }
+    print(f"  gc-tracked objects by type, top {top} by bytes per client (objects/client, bytes/client):")
+    for name, (number, size) in sorted(growth.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"    {name:60s} {number / count:7.2f} {size / count:9.1f}")
 
 
 def print_breakdown(name: str, result: dict, count: int) -> None:
@@ -183,6 +242,7 @@ def print_breakdown(name: str, result: dict, count: int) -> None:
         print(f"    {size:>8} B: {number:>7} chunks, {in_use:>7} in use, {absent:>6} pages not resident")
     for address, size, data in heap["samples"]:
         print(f"    partly resident chunk {address:#x} ({size} B) starts {data[:48]!r}")
+    print_types(result, count)
 
 
 def main() -> int:
@@ -192,6 +252,8 @@ def main() -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="also break the growth down by mapping kind and allocator")
     parser.add_argument("--only", choices=("floor", "push"), help="measure one side only")
+    parser.add_argument("--idle-seconds", type=float, default=20.0,
+                        help="measure idle CPU this long with the clients connected (0: skip; default 20)")
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="push", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -213,6 +275,7 @@ def main() -> int:
                 [GUNICORN, "--worker-class", ECHO_WORKER, "--worker-connections", "20000",
                  "--bind", f"127.0.0.1:{floor_port}", "scripts.bench.echo_app:app"],
                 base_env, floor_port, f"ws://127.0.0.1:{floor_port}/", args.clients, "echo", 0, diag_dir,
+                args.idle_seconds,
             )
         push_env = {
             **base_env,
@@ -227,7 +290,7 @@ def main() -> int:
             push = measure(
                 [GUNICORN, "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{push_port}", "wsgi:connection_app"],
                 push_env, push_port, f"ws://127.0.0.1:{push_port}/", args.clients, "push", args.registers,
-                diag_dir,
+                diag_dir, args.idle_seconds,
             )
     finally:
         database.stop()
@@ -238,6 +301,10 @@ def main() -> int:
     if push:
         print(f"connection node (hello + {args.registers} registers): {push['per_client_kib']:.1f} KiB/client, "
               f"{push['rate']:.0f} clients/s")
+    if args.idle_seconds:
+        for name, result in (("floor", floor), ("connection node", push)):
+            if result:
+                print(f"idle CPU, {name}: {idle_summary(result, args.clients)}")
     if floor and push:
         print(f"memory ratio: {push['per_client_kib'] / floor['per_client_kib']:.2f} (target <= 1.2)")
         print(f"hellos: {push['greeting_rate']:.0f}/s (connect + hello, one client at a time) against the floor's "

@@ -106,8 +106,14 @@ def _pymalloc_stats() -> dict[str, int]:
 def write_report(directory: str) -> None:
     import greenlet
 
-    greenlets = [o for o in gc.get_objects() if isinstance(o, greenlet.greenlet)]
+    objects = gc.get_objects()
+    greenlets = [o for o in objects if isinstance(o, greenlet.greenlet)]
     pymalloc = _pymalloc_stats()
+    census: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for obj in objects:
+        entry = census[f"{type(obj).__module__}.{type(obj).__qualname__}"]
+        entry[0] += 1
+        entry[1] += sys.getsizeof(obj)
     report = {
         "pid": os.getpid(),
         "mallinfo2_kib": _mallinfo2(),
@@ -115,12 +121,15 @@ def write_report(directory: str) -> None:
         "greenlets": len(greenlets),
         "greenlet_stack_saved_kib": sum(g._stack_saved for g in greenlets) / KIB,
         "threads": threading.active_count(),
-        "gc_objects": len(gc.get_objects()),
+        "gc_objects": len(objects),
+        # Objects gc tracks (not str, bytes, int, float), by type: [count, bytes of the object itself].
+        "types": dict(census),
     }
+    del objects
     import tracemalloc
 
     if tracemalloc.is_tracing():
-        tracemalloc.take_snapshot().dump(str(Path(directory) / f"{os.getpid()}-{len(greenlets)}.tracemalloc"))
+        tracemalloc.take_snapshot().dump(str(Path(directory) / f"{os.getpid()}-{report['greenlets']}.tracemalloc"))
     path = Path(directory) / f"{os.getpid()}.json"
     path.write_text(json.dumps(report, indent=1))
 
