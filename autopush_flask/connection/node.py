@@ -22,11 +22,12 @@ from autopush_flask.admin import RecentErrors, admin_listener, worker_report
 from autopush_flask.connection import greenlets
 from autopush_flask.connection.broadcast import BroadcastRegistry
 from autopush_flask.connection.megaphone import MegaphonePoller
-from autopush_flask.connection.node_api import node_api_tls
+from autopush_flask.connection.node_api import RouterHandler, node_api_tls
 from autopush_flask.connection.registry import ClientRegistry
 from autopush_flask.connection.retries import RetryQueue
 from autopush_flask.connection.session import NodeContext, SessionLimits
 from autopush_flask.connection.storage_ops import StorageOp, run_storage
+from autopush_flask.connection.timers import TICK_SECONDS, TimerWheel
 from autopush_flask.connection.transport import ClientConnection
 from autopush_flask.connection.websocket import PushWebSocket
 from autopush_flask.db import StorageError
@@ -39,8 +40,6 @@ from autopush_flask.tracking import DeliveryTracker
 if TYPE_CHECKING:
     from flask import Flask
 
-
-TICK_SECONDS = 1.0
 # Clients whose unacked direct notifications are stored at once during a
 # graceful stop: enough to store a few thousand clients a second on a
 # healthy table, few enough not to flood a slow one (every other client's
@@ -62,6 +61,7 @@ class ConnectionNode:
         self.node_id = settings.node_id(self.api_port)
         self.registry = ClientRegistry()
         self.connections: set[ClientConnection] = set()
+        self.timers = TimerWheel(time.monotonic())
         self.broadcasts = BroadcastRegistry()
         self.ctx = NodeContext(
             node_id=self.node_id,
@@ -144,7 +144,7 @@ class ConnectionNode:
         """
         address = (host or self.settings.router_bind, self.api_port)
         tls = {"ssl_context": self._api_tls} if self._api_tls is not None else {}
-        self._api_server = WSGIServer(address, api_app, log=None, **tls)
+        self._api_server = WSGIServer(address, api_app, log=None, handler_class=RouterHandler, **tls)
         self._api_server.start()
         metrics_app = prometheus_app(self.services.metrics)
         if metrics_app is not None:
@@ -216,21 +216,18 @@ class ConnectionNode:
         pool.kill(block=True, timeout=1)
 
     def _tick_forever(self) -> None:
-        """Each second, every client's timer duties.
+        """Each second, the timer duties that have fallen due (``timers.TimerWheel``).
 
-        Nothing in this loop may wait: not for a client (``tick`` hands due
-        duties to side greenlets) nor for storage (its periodic duties run in
-        their own greenlet, ``services``), or every client of the worker
-        would miss its hello and pong deadlines while it waits.
+        Only the clients with a duty due are visited, so an idle worker's
+        timer work does not grow with its clients. Nothing in this loop may
+        wait: not for a client (``tick`` hands due duties to side greenlets)
+        nor for storage (its periodic duties run in their own greenlet,
+        ``services``), or every client of the worker would miss its hello
+        and pong deadlines while it waits.
         """
         while True:
             gevent.sleep(TICK_SECONDS)
-            now = time.monotonic()
-            for connection in list(self.connections):
-                try:
-                    connection.tick(now)
-                except Exception:  # one client must not stop the timers
-                    log.exception("timer failed")
+            self.timers.run(time.monotonic())
 
     # ---- clients' lifecycle
 
@@ -241,6 +238,7 @@ class ConnectionNode:
     def add(self, connection: ClientConnection) -> None:
         """A client connected (identified or not, it has timer duties and counts against the limit)."""
         self.connections.add(connection)
+        self.timers.schedule(connection, connection.next_duty())
 
     def identify(self, connection: ClientConnection) -> None:
         """Enter an identified client; a displaced duplicate is closed (docs/protocol.md#duplicate-connections)."""
@@ -252,6 +250,7 @@ class ConnectionNode:
     def unregister(self, connection: ClientConnection) -> None:
         """A client's connection ended: forget it (a newer one of its UAID stays entered)."""
         self.connections.discard(connection)
+        self.timers.cancel(connection)
         if connection.uaid:
             self.registry.unregister(connection.uaid, connection)
 
