@@ -49,12 +49,8 @@ def _clean(text: str, forbidden: str) -> str:
 
 
 def _stringify_tags(tags: Tags | None) -> dict[str, str]:
-    """Tags are documented as strings; converting once keeps sinks consistent.
-
-    A tag whose value is ``None`` is left out: a call names every tag its
-    metric can carry and passes ``None`` for those that do not apply.
-    """
-    return {str(k): str(v) for k, v in (tags or {}).items() if v is not None}
+    """Tags are documented as strings; converting once keeps sinks consistent."""
+    return {str(k): str(v) for k, v in (tags or {}).items()}
 
 
 def _format_number(value: float) -> str:

@@ -129,17 +129,22 @@ class DeliveryTracker:
     def milestone(self, milestone: str, sender: str | None = None, count: int = 1, code: str | None = None) -> None:
         """``code``: the ack's bounded code tag (``acked`` only); ``None`` tags are left out."""
         tags = {"milestone": milestone, "code": code, "sender": self._sender_tag(sender)}
-        self._metrics.increment(MILESTONE, count, tags=tags)
+        self._metrics.increment(MILESTONE, count, tags=_present(tags))
 
     def acked(self, notification: Notification, code: str, source: str, now: float) -> None:
         """The ack milestone and the time from acceptance to it (``source``: Direct or Stored)."""
         self.milestone(ACKED, notification.sender, code=code)
         latency_ms = max(0.0, now - accepted_at(notification)) * 1000.0
         tags = {"source": source, "sender": self._sender_tag(notification.sender)}
-        self._metrics.timing(LATENCY, latency_ms, tags=tags)
+        self._metrics.timing(LATENCY, latency_ms, tags=_present(tags))
 
     def _sender_tag(self, sender: str | None) -> str | None:
         return self._senders.tag(sender) if self._senders is not None else None
+
+
+def _present(tags: dict[str, str | None]) -> dict[str, str]:
+    """The tags that apply: a milestone names every tag it can carry, ``None`` for those it has not."""
+    return {key: value for key, value in tags.items() if value is not None}
 
 
 def accepted_at(notification: Notification) -> float:

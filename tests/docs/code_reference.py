@@ -40,13 +40,17 @@ def _names(node: ast.expr, constants: dict[str, str]) -> list[str]:
 
 
 def _dict_keys(node: ast.expr, dicts: dict[str, set[str]]) -> set[str]:
-    """Keys of a dict literal, of a local name assigned one, or of a call to a module function returning one."""
+    """Keys of a dict literal, of a local name assigned one, or of a call to a module function returning one.
+
+    A call given such a dict (``_present(tags)``, a filter) may pass on any of its keys.
+    """
     if isinstance(node, ast.Dict):
         return {k.value for k in node.keys if isinstance(k, ast.Constant)}
     if isinstance(node, ast.Name):
         return dicts.get(node.id, set())
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        return dicts.get(f"{node.func.id}()", set())
+        passed = {key for argument in node.args for key in _dict_keys(argument, dicts)}
+        return dicts.get(f"{node.func.id}()", set()) | passed
     return set()
 
 
