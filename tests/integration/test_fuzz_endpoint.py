@@ -155,7 +155,14 @@ INVALID_TOPIC = st.one_of(
     st.sampled_from(["bad!", "has space", "==", "a=b", "a" * 33, "é"]),
     junk.filter(lambda v: not (0 < len(v) <= 32 and BASE64URL_VALUE.match(v))),
 )
-VALID_URGENCY = st.one_of(st.sampled_from(["very-low", "low", "normal", "high"]), junk)
+URGENCY_LEVELS = ("very-low", "low", "normal", "high")
+VALID_URGENCY = st.tuples(st.sampled_from(URGENCY_LEVELS), st.sampled_from([str.lower, str.upper, str.title])).map(
+    lambda level_case: level_case[1](level_case[0])
+)
+INVALID_URGENCY = st.one_of(
+    st.sampled_from(["", "urgent", "very low", "very_low", "highest", "normal,high", "0"]),
+    junk.filter(lambda v: v.strip().lower() not in URGENCY_LEVELS),
+)
 
 
 def param(name: str, values: st.SearchStrategy[str] = base64url) -> st.SearchStrategy[str]:
@@ -229,7 +236,7 @@ def push_requests(draw: st.DrawFn, needs_vapid: bool, valid_authorization: str) 
 
     choose("TTL", VALID_TTL, st.one_of(st.none(), INVALID_TTL))
     choose("Topic", st.one_of(st.none(), VALID_TOPIC), INVALID_TOPIC)
-    headers["Urgency"] = draw(st.one_of(st.none(), VALID_URGENCY))
+    choose("Urgency", st.one_of(st.none(), VALID_URGENCY), INVALID_URGENCY)
     data = draw(st.one_of(st.just(b""), NONEMPTY_BODY))
     encoding = draw(st.sampled_from(sorted(ENCODINGS)))
     good_encryption, good_crypto_key, bad_encryption, bad_crypto_key = ENCODINGS[encoding]
