@@ -32,18 +32,12 @@ STATE_KEY = "autopush_endpoint"
 class EndpointState:
     services: Services
     dispatcher: Dispatcher
+    # Delivery milestones (docs/operations.md#delivery-tracking), on the worker's metrics.
+    milestones: DeliveryTracker
     # Bridge routers with credentials: the types the registration API accepts.
     bridges: dict[str, BridgeRouter] = field(default_factory=dict)
     vapid: VapidVerifier = field(default_factory=VapidVerifier)
     publisher_controls: PublisherControls = field(default_factory=PublisherControls)
-    tracker: DeliveryTracker | None = None
-
-    @property
-    def milestones(self) -> DeliveryTracker:
-        """Delivery milestones (docs/operations.md#delivery-tracking), on the worker's metrics."""
-        if self.tracker is None:
-            self.tracker = DeliveryTracker(self.metrics, self.settings.sender_tags)
-        return self.tracker
 
     @property
     def settings(self) -> Settings:
@@ -80,7 +74,9 @@ def build_state(node_services: Services) -> EndpointState:
     deliverers.update({kind: bridges.get(kind) or _unconfigured(kind) for kind in BRIDGE_FACTORIES})
     dispatcher = Dispatcher(MessageStamper(node_services.crypto_keys, SortKeyClock()), deliverers)
     controls = PublisherControls.from_settings(settings.allowed_vapid_keys, settings.push_rate)
-    return EndpointState(node_services, dispatcher, bridges, VapidVerifier(settings.vapid_cache_bytes), controls)
+    milestones = DeliveryTracker(node_services.metrics, settings.sender_tags)
+    vapid = VapidVerifier(settings.vapid_cache_bytes)
+    return EndpointState(node_services, dispatcher, milestones, bridges, vapid, controls)
 
 
 BRIDGE_FACTORIES = {

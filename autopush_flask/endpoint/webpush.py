@@ -61,7 +61,7 @@ def push(api_version: str, token: str) -> Response:
     _check_subscription(user, channels, subscription)
     body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
-    sender = tracking.sender_domain(vapid.claims.get("sub")) if vapid is not None else None
+    sender = _sender(vapid)
     delivery = state.dispatcher.dispatch(user, _notification(subscription, headers, body, sender))
     if user.router_type != WEBPUSH:
         _keep_bridge_record(user)
@@ -161,11 +161,7 @@ def _dropped_user(uaid: str) -> PushError:
 
 
 def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes, sender: str | None) -> Notification:
-    """The message as accepted; the dispatcher gives it its version.
-
-    It carries its sender's domain only while delivery tracking tags senders:
-    otherwise nobody reads it, and it would cost bytes in every stored message.
-    """
+    """The message as accepted; the dispatcher gives it its version."""
     return Notification(
         channel_id=subscription.channel_text,
         version="",
@@ -175,7 +171,7 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
         data=encode_base64url(body) if body else None,
         headers=headers.crypto_headers if body else None,
         urgency=headers.urgency,
-        sender=sender if endpoint_state().milestones.tracks_senders else None,
+        sender=sender,
     )
 
 
@@ -195,6 +191,14 @@ def _count_success(delivery: Delivery, user: User, vapid: VapidResult | None, si
 
 
 DESTINATION_MILESTONES = {DIRECT: tracking.DELIVERED_DIRECT, STORED: tracking.STORED, EXPIRED: tracking.EXPIRED}
+
+
+def _sender(vapid: VapidResult | None) -> str | None:
+    """The sender's VAPID ``sub`` domain, only while milestones are tagged with it: it is
+    otherwise read by nobody, and would cost bytes in every stored message."""
+    if vapid is None or not endpoint_state().milestones.tracks_senders:
+        return None
+    return tracking.sender_domain(vapid.claims.get("sub"))
 
 
 def _track(delivery: Delivery, sender: str | None) -> None:
