@@ -10,14 +10,20 @@ at their edge with the functions below.
 
 from __future__ import annotations
 
+import re
 import uuid
+
+_UAID = re.compile(r"[0-9a-f]{32}")
 
 
 def canonical_uaid(text: str) -> str:
     """A UAID given in any UUID spelling (dashed, braces, ``urn:uuid:``) as 32 hex digits.
 
-    Raises ``ValueError`` for text that is no UUID.
+    Raises ``ValueError`` for text that is no UUID. Text already in that
+    form (what nodes send: every ``PUT /push``) is returned as it is.
     """
+    if _UAID.fullmatch(text):
+        return text
     return uuid.UUID(text).hex
 
 

@@ -138,7 +138,7 @@ class RouterHandler(WSGIHandler):
         finally:
             self._held = None
         if held:
-            super()._sendall(held)
+            self._send_out(held)
 
     def _sendall(self, data: bytes) -> None:
         held = self._held
@@ -147,9 +147,19 @@ class RouterHandler(WSGIHandler):
             return
         if held:
             self._held = None
-            super()._sendall(held)
+            self._send_out(held)
             self._held = bytearray()
-        super()._sendall(data)
+        self._send_out(data)
+
+    def _send_out(self, data: bytes | bytearray) -> None:
+        """gevent's ``_sendall`` (its accounting, its errors) for what one ``send`` leaves (``sockets``)."""
+        try:
+            sent = self.socket.send(data)
+        except OSError:
+            sent = 0  # gevent's _sendall meets the error again and records it
+        if sent < len(data):
+            super()._sendall(memoryview(data)[sent:])
+        self.response_length += sent
 
 
 def refuse_large_bodies() -> Response | None:

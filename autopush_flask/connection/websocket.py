@@ -42,6 +42,8 @@ from geventwebsocket.exceptions import WebSocketError
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, ProtocolError, Stream, WebSocket
 
+from autopush_flask.connection.sockets import send_whole
+
 MAX_MESSAGE_BYTES = 64 * 1024
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_UTF8 = 1007
@@ -115,12 +117,14 @@ class SocketReader:
     the next one, and is empty between a client's messages.
     """
 
-    __slots__ = ("sock", "pending", "write")
+    __slots__ = ("sock", "pending")
 
     def __init__(self, sock: Any, pending: bytes = b"") -> None:
         self.sock = sock
         self.pending = pending
-        self.write = sock.sendall
+
+    def write(self, data: bytes) -> None:
+        send_whole(self.sock, data)
 
     def read(self, size: int) -> bytes:
         """``size`` bytes; fewer only when the connection ends first."""

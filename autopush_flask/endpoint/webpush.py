@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from typing import Any
 
 from flask import Blueprint, Response, request
 
@@ -22,7 +23,7 @@ from autopush_flask.db.models import WEBPUSH
 from autopush_flask.endpoint.body_limits import read_body
 from autopush_flask.endpoint.errors import authorization_header
 from autopush_flask.endpoint.schemas import PushHeaders, parse_push_headers
-from autopush_flask.endpoint.state import endpoint_state
+from autopush_flask.endpoint.state import EndpointState, endpoint_state
 from autopush_flask.logging import log_fields
 from autopush_flask.push_errors import (
     ENDPOINT_UNAVAILABLE,
@@ -52,39 +53,38 @@ def push_unversioned(token: str) -> Response:
 
 @webpush.post("/wpush/<api_version>/<token>")
 def push(api_version: str, token: str) -> Response:
-    state = endpoint_state()
+    state = endpoint_state()  # looked up once: each lookup goes through Flask's context locals
     state.metrics.increment("notification.received")
-    subscription = _decrypt_token(token, api_version)
-    vapid = _check_vapid(subscription)
+    subscription = _decrypt_token(state, token, api_version)
+    vapid = _check_vapid(state, subscription)
     state.publisher_controls.check(subscription, vapid, state.metrics)  # before any storage read
-    user, channels = _load_user(subscription.uaid_text)
-    _check_subscription(user, channels, subscription)
+    user, channels = _load_user(state, subscription.uaid_text)
+    _check_subscription(state, user, channels, subscription)
     body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
     headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
-    sender = _sender(vapid)
+    sender = _sender(state, vapid)
     delivery = state.dispatcher.dispatch(user, _notification(subscription, headers, body, sender))
     if user.router_type != WEBPUSH:
-        _keep_bridge_record(user)
-    _count_success(delivery, user, vapid, len(body), headers)
-    _track(delivery, sender)
-    return _created(delivery.message_id, headers.ttl)
+        _keep_bridge_record(state, user)
+    _count_success(state, delivery, user, vapid, len(body), headers)
+    _track(state, delivery, sender)
+    return _created(state, delivery.message_id, headers.ttl)
 
 
-def _decrypt_token(token: str, api_version: str) -> EndpointToken:
+def _decrypt_token(state: EndpointState, token: str, api_version: str) -> EndpointToken:
     try:
-        return parse_endpoint_token(endpoint_state().crypto_keys, token, api_version)
+        return parse_endpoint_token(state.crypto_keys, token, api_version)
     except InvalidTokenError as error:
         raise PushError(INVALID_ENDPOINT) from error
 
 
-def _check_vapid(subscription: EndpointToken) -> VapidResult | None:
+def _check_vapid(state: EndpointState, subscription: EndpointToken) -> VapidResult | None:
     """VAPID when present (v1) or required (v2), bound to the key for v2 (docs/protocol.md#vapid)."""
     authorization = authorization_header()
     if authorization is None:
         if subscription.key_hash is not None:
             raise PushError(MISSING_AUTHORIZATION)
         return None
-    state = endpoint_state()
     try:
         result = state.vapid.verify(authorization, request.headers.get("Crypto-Key"), state.vapid_audience)
     except VapidError as error:
@@ -93,7 +93,7 @@ def _check_vapid(subscription: EndpointToken) -> VapidResult | None:
     if subscription.key_hash is not None and not _key_matches(subscription.key_hash, result.public_key):
         state.metrics.increment("notification.auth.error", tags={"error": "key_mismatch"})
         raise PushError(VAPID_KEY_MISMATCH)
-    _count_vapid(result)
+    _count_vapid(state.metrics, result)
     return result
 
 
@@ -104,8 +104,7 @@ def _key_matches(expected: bytes, public_key: str) -> bool:
         return False
 
 
-def _count_vapid(result: VapidResult) -> None:
-    metrics = endpoint_state().metrics
+def _count_vapid(metrics: Any, result: VapidResult) -> None:
     metrics.increment("notification.auth", tags={"vapid": result.version, "scheme": result.scheme})
     metrics.increment("notification.auth.ok")
     metrics.increment("updates.vapid.draft02" if result.version == 2 else "updates.vapid.draft01")
@@ -113,48 +112,48 @@ def _count_vapid(result: VapidResult) -> None:
         metrics.increment("notification.auth.error", tags={"error": result.sub_problem})
 
 
-def _load_user(uaid: str) -> tuple[User, list[str] | None]:
+def _load_user(state: EndpointState, uaid: str) -> tuple[User, list[str] | None]:
     """The record and, where the store reads both at once, its channels.
 
     A ``StorageError`` here and below is left to the app's handler, which
     answers 503 errno 201 or 202 (``push_errors.storage_error``).
     """
-    user, channels = endpoint_state().storage.get_user_with_channels(uaid)
+    user, channels = state.storage.get_user_with_channels(uaid)
     if user is None:
         raise PushError(EXPIRED_ENDPOINT)
     return user, channels
 
 
-def _check_subscription(user: User, channels: list[str] | None, subscription: EndpointToken) -> None:
+def _check_subscription(
+    state: EndpointState, user: User, channels: list[str] | None, subscription: EndpointToken
+) -> None:
     """docs/protocol.md#push: the record must be usable and, for webpush, hold the channel."""
-    state = endpoint_state()
     if user.router_type not in (WEBPUSH, *BRIDGE_TYPES):
         if user.router_type == LEGACY_DROPPED:
             state.metrics.increment("notification.bridge.error", tags={"reason": "gcm_kill"})
-        raise _dropped_user(user.uaid)
+        raise _dropped_user(state, user.uaid)
     if user.critical_failure:
         raise PushError(ENDPOINT_UNAVAILABLE)
     if user.router_type != WEBPUSH:
         return
     if not state.storage.holds_data_of(user):
-        raise _dropped_user(user.uaid)
+        raise _dropped_user(state, user.uaid)
     if channels is None:
         channels = state.storage.get_channels(user)
     if subscription.channel_text not in channels:
         raise PushError(NO_SUCH_SUBSCRIPTION)
 
 
-def _keep_bridge_record(user: User) -> None:
+def _keep_bridge_record(state: EndpointState, user: User) -> None:
     """A mobile device that still receives keeps its record (a browser refreshes its own at hello)."""
     try:
-        endpoint_state().storage.refresh_user(user)
+        state.storage.refresh_user(user)
     except StorageError as error:
         log.info("record refresh failed", extra=log_fields(error=str(error), uaid_hash=user.uaid))
 
 
-def _dropped_user(uaid: str) -> PushError:
+def _dropped_user(state: EndpointState, uaid: str) -> PushError:
     """Delete a record no push can use; the caller raises the 410 errno 106 returned."""
-    state = endpoint_state()
     state.storage.drop_user(uaid)
     state.metrics.increment("updates.drop_user", tags={"errno": 106})
     return PushError(NO_SUCH_SUBSCRIPTION)
@@ -175,9 +174,11 @@ def _notification(subscription: EndpointToken, headers: PushHeaders, body: bytes
     )
 
 
-def _count_success(delivery: Delivery, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders) -> None:
+def _count_success(
+    state: EndpointState, delivery: Delivery, user: User, vapid: VapidResult | None, size: int, headers: PushHeaders
+) -> None:
     destination = delivery.destination
-    metrics = endpoint_state().metrics
+    metrics = state.metrics
     tags = {"destination": destination, "router": user.router_type, "vapid": vapid is not None}
     metrics.increment("notification.message.success", tags=tags)
     if size:
@@ -193,23 +194,21 @@ def _count_success(delivery: Delivery, user: User, vapid: VapidResult | None, si
 DESTINATION_MILESTONES = {DIRECT: tracking.DELIVERED_DIRECT, STORED: tracking.STORED, EXPIRED: tracking.EXPIRED}
 
 
-def _sender(vapid: VapidResult | None) -> str | None:
+def _sender(state: EndpointState, vapid: VapidResult | None) -> str | None:
     """The sender's VAPID ``sub`` domain, only while milestones are tagged with it: it is
     otherwise read by nobody, and would cost bytes in every stored message."""
-    if vapid is None or not endpoint_state().milestones.tracks_senders:
+    if vapid is None or not state.milestones.tracks_senders:
         return None
     return tracking.sender_domain(vapid.claims.get("sub"))
 
 
-def _track(delivery: Delivery, sender: str | None) -> None:
+def _track(state: EndpointState, delivery: Delivery, sender: str | None) -> None:
     """Accepted, then where it went (docs/operations.md#delivery-tracking)."""
-    milestones = endpoint_state().milestones
+    milestones = state.milestones
     milestones.milestone(tracking.ACCEPTED, sender)
     milestones.milestone(DESTINATION_MILESTONES[delivery.destination], sender)
 
 
-def _created(message_id: str, ttl: int) -> Response:
-    response = Response(b"", status=201)
-    response.headers["Location"] = f"{endpoint_state().settings.endpoint_url}/m/{message_id}"
-    response.headers["TTL"] = str(ttl)
-    return response
+def _created(state: EndpointState, message_id: str, ttl: int) -> Response:
+    location = f"{state.settings.endpoint_url}/m/{message_id}"
+    return Response(b"", status=201, headers=[("Location", location), ("TTL", str(ttl))])

@@ -65,11 +65,14 @@ class ThrottleProxy:
                 self._reply(status, payload)
 
             def _reply(self, status: int, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                # Head and body in one write, as DynamoDB answers: written
+                # apart, every answer would reach the client as two segments.
+                head = (
+                    f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
+                    "Content-Type: application/x-amz-json-1.0\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n"
+                )
+                self.wfile.write(head.encode("latin-1") + payload)
 
         return Handler
 
