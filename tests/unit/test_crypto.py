@@ -668,6 +668,12 @@ def test_ids_are_text_inside_the_service() -> None:
     assert canonical_uaid(str(UAID)) == canonical_uaid("{" + UAID.hex.upper() + "}") == UAID.hex
     with pytest.raises(ValueError):
         canonical_uaid("not-a-uuid")
+    # the canonical form passes as it is; near misses still go through uuid
+    assert canonical_uaid(UAID.hex) == UAID.hex
+    assert canonical_uaid(UAID.hex.upper()) == UAID.hex
+    for near_miss in (UAID.hex[:-1], UAID.hex + "0", UAID.hex[:-1] + "g", UAID.hex + "\n"):
+        with pytest.raises(ValueError):
+            canonical_uaid(near_miss)
     token = EndpointToken(UAID, CHID, None)
     assert (token.uaid_text, token.channel_text) == (UAID.hex, str(CHID))
 
