@@ -77,7 +77,7 @@ class SigV4Signer:
         )
         scope = f"{date}/{self._region}/{SERVICE}/aws4_request"
         to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.new(self._signing_key(secret_key, date), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._signing_key(secret_key, date), to_sign.encode(), "sha256").hex()
         authorization = f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={names}, Signature={signature}"
         return [(name, value) for name, value in signed if name != "host"] + [("authorization", authorization)]
 
@@ -86,7 +86,7 @@ class SigV4Signer:
         if key is None:
             key = ("AWS4" + secret_key).encode()
             for part in (date, self._region, SERVICE, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+                key = hmac.digest(key, part.encode(), "sha256")
             self._keys = {(secret_key, date): key}  # one day's key is all that is needed
         return key
 
