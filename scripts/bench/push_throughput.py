@@ -12,13 +12,12 @@ VAPID-bound (v2) subscription each. Then, in one run:
 - durable: the same N pushes through a second endpoint node (same store)
   with ``AUTOPUSH_DURABLE_DIRECT=true``: each message is stored before the
   connection node gets it and deleted when the client acks; the same figures,
-  and the difference to direct. Each mode's pushes run in two halves, in the
-  order direct, durable, durable, direct, so a drift in the machine's load
-  does not favour either;
+  and the difference to direct;
 - floor: the same N requests to a bare Flask view (scripts/bench/flask_floor.py)
   under the same gevent worker; its CPU per request and the endpoint's ratio
-  to it (target <= 4). The floor runs after the service's direct and durable
-  phases, and before them on every other run;
+  to it (target <= 4). These three run in two halves each, in a palindrome:
+  floor, direct, durable, durable, direct, floor, so a drift in the
+  machine's load over the run weighs on all three alike;
 - stored: the clients go away, M pushes are stored, the clients come back and
   drain (acking every message); accepted and drained messages/s, storage calls
   and CPU per message.
@@ -614,6 +613,14 @@ def combine_rounds(rounds: list[dict]) -> dict:
     }
 
 
+def combine_floor_rounds(rounds: list[dict]) -> dict:
+    """The floor's halves as one: their windows and CPU summed."""
+    cpu: collections.Counter = collections.Counter()
+    for part in rounds:
+        cpu.update(part["cpu"])
+    return {"seconds": sum(part["seconds"] for part in rounds), "cpu": dict(cpu)}
+
+
 def timeout_for(count: int) -> float:
     return 60 + count / 20
 
@@ -658,15 +665,10 @@ class PushBench:
         self.targets = signed_targets(app_server, self.stack.endpoint_url, subscriptions)
         self.body = fake_aes128gcm_body()
 
-    def run(self, floor_first: bool) -> dict:
-        """The floor and the service's phases, the floor first on every other run:
-        a drift in the machine's load then weighs on both alike."""
-        results: dict = {"floor": self.floor()} if floor_first else {}
-        results.update(self.direct_and_durable())
-        if not floor_first:
-            results["floor"] = self.floor()
+    def run(self) -> dict:
+        results = self.floor_direct_and_durable()
         results.update(self.stored_and_drained())
-        return {**results, "store": self.store.description, "floor_first": floor_first}
+        return {**results, "store": self.store.description}
 
     def job(self, count: int, port: int) -> dict:
         return push_job(self.targets, "127.0.0.1", port, count, self.args.concurrency, self.body)
@@ -699,40 +701,49 @@ class PushBench:
             **figures,
         }
 
-    def direct_and_durable(self) -> dict:
-        """Each mode's N pushes in two halves, in the order direct, durable, durable,
-        direct: a drift in the machine's load weighs on both modes alike."""
+    def floor_direct_and_durable(self) -> dict:
+        """Each mode's N requests in two halves, in a palindrome: floor, direct,
+        durable, durable, direct, floor. A drift in the machine's load that is
+        linear over those minutes then weighs on the three alike, and the
+        endpoint's ratio compares CPU measured around the same moments. (With
+        the floor in one piece before or after the service, a run could catch
+        the floor and the service in different states of a shared machine:
+        ratios of 3.5 and 4.9 in one invocation for the same endpoint CPU.)"""
+        from tests.support.processes import GunicornNode
+
         durable = self.stack.another_endpoint("endpoint-durable", AUTOPUSH_DURABLE_DIRECT="true")
+        floor = GunicornNode("scripts.bench.flask_floor:app", {**os.environ, "PYTHONPATH": str(ROOT)})
+        self.started.append(floor.stop)
+        floor.start(self.workdir / "floor.log")
         endpoint = self.stack.endpoint
         self.direct_meter = self.meter(worker_pid(endpoint.process.pid))
         modes = {"direct": (endpoint.port, self.direct_meter),
                  "durable": (durable.port, self.meter(worker_pid(durable.process.pid)))}
+        floor_meter = Meter({"floor": functools.partial(cpu_seconds, worker_pid(floor.process.pid))}, None)
         for port, _ in modes.values():
             self.warm_up(port)
-        half = self.args.pushes // 2
-        rounds: dict[str, list[dict]] = {mode: [] for mode in modes}
-        for mode, count in (("direct", half), ("durable", half), ("durable", self.args.pushes - half),
-                            ("direct", self.args.pushes - half)):
-            port, measured = modes[mode]
-            rounds[mode].append(self.push_round(port, measured, count))
-        durable.stop()
-        return {mode: combine_rounds(parts) for mode, parts in rounds.items()}
-
-    def floor(self) -> dict:
-        """The same requests to a bare Flask view under the same gevent worker."""
-        from tests.support.processes import GunicornNode
-
-        floor = GunicornNode("scripts.bench.flask_floor:app", {**os.environ, "PYTHONPATH": str(ROOT)})
-        self.started.append(floor.stop)
-        floor.start(self.workdir / "floor.log")
-        measured = Meter({"floor": functools.partial(cpu_seconds, worker_pid(floor.process.pid))}, None)
         generate(self.job(self.args.clients, floor.port), self.workdir, timeout_for(self.args.clients))
         time.sleep(SETTLE_SECONDS)
-        measured.start()
-        sent = generate(self.job(self.args.pushes, floor.port), self.workdir, timeout_for(self.args.pushes))
-        figures = measured.stop()
+        half = self.args.pushes // 2
+        rest = self.args.pushes - half
+        rounds: dict[str, list[dict]] = {"floor": [], **{mode: [] for mode in modes}}
+        for mode, count in (("floor", half), ("direct", half), ("durable", half),
+                            ("durable", rest), ("direct", rest), ("floor", rest)):
+            if mode == "floor":
+                rounds[mode].append(self.floor_round(floor.port, floor_meter, count))
+            else:
+                port, measured = modes[mode]
+                rounds[mode].append(self.push_round(port, measured, count))
+        durable.stop()
         floor.stop()
-        return {"rate": self.args.pushes / (sent["finished"] - sent["started"]), **figures}
+        results = {mode: combine_rounds(rounds[mode]) for mode in modes}
+        return {**results, "floor": combine_floor_rounds(rounds["floor"])}
+
+    def floor_round(self, port: int, measured: Meter, count: int) -> dict:
+        """The same requests to a bare Flask view under the same gevent worker."""
+        measured.start()
+        sent = generate(self.job(count, port), self.workdir, timeout_for(count))
+        return {"seconds": sent["finished"] - sent["started"], **measured.stop()}
 
     def stored_and_drained(self) -> dict:
         """Clients away, M pushes stored, clients back and draining (acking each)."""
@@ -779,7 +790,8 @@ def run_figures(args: argparse.Namespace, result: dict) -> dict[str, float]:
         figures.update(prefixed(mode, {"rate": part["rate"], "accepted": part["accepted_rate"],
                                        "p50": part["p50"] * 1000, "p99": part["p99"] * 1000,
                                        **cpu_ms(part["cpu"], n)}))
-    figures.update(prefixed("floor", {"rate": result["floor"]["rate"], **cpu_ms(result["floor"]["cpu"], n)}))
+    floor = result["floor"]
+    figures.update(prefixed("floor", {"rate": n / floor["seconds"], **cpu_ms(floor["cpu"], n)}))
     floor_ms = figures["floor cpu floor"]
     figures["ratio"] = figures["direct cpu endpoint"] / floor_ms
     figures["direct calls"] = sum(result["direct"]["calls"].values()) / n
@@ -860,11 +872,10 @@ PER_RUN = [  # (label, figure, format) of the per-run table
 ]
 
 
-def print_runs(per_run: list[dict[str, float]], floor_first: list[bool]) -> None:
-    """Every run's own figures, in the order they ran (``f``: the floor ran first)."""
+def print_runs(per_run: list[dict[str, float]]) -> None:
+    """Every run's own figures, in the order they ran."""
     width = max(len(label) for label, _, _ in PER_RUN)
-    print("run (f: floor first)".ljust(width)
-          + "".join(f"{str(index) + 'f' * first:>9}" for index, first in enumerate(floor_first, 1)))
+    print("run".ljust(width) + "".join(f"{index:>9}" for index in range(1, len(per_run) + 1)))
     for label, key, spec in PER_RUN:
         print(label.ljust(width) + "".join(f"{format(run[key], spec):>9}" for run in per_run))
 
@@ -888,7 +899,7 @@ def report_store(args: argparse.Namespace, name: str, runs: list[dict]) -> list[
     runs_m = args.stored * len(runs)
     context = [key for key in runs[0]["direct"]["cpu"] if key not in ("endpoint", "connection")]
     print(f"\n== {name}: {runs[0]['store']}; {len(runs)} run{'s' * (len(runs) > 1)}")
-    print_runs(per_run, [run["floor_first"] for run in runs])
+    print_runs(per_run)
     for mode in ("direct", "durable"):
         print_mode(mode, figures, runs, args.pushes, context)
     print(f"floor: {show(figures['floor cpu floor'], '.2f')} ms cpu per request "
@@ -922,7 +933,8 @@ def report(args: argparse.Namespace, results: dict[str, list[dict]], skipped: di
           f"load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end")
     print(f"machine: {os.cpu_count()} cores, {cpu_model()}")
     print("figures: median [min–max] over a store's runs; storage calls: mean; "
-          "each run measures its own floor, before the service on every other run")
+          "each run measures its own floor, its halves around the service's (floor, direct, durable, "
+          "durable, direct, floor)")
     missed = []
     for name, runs in results.items():
         missed += report_store(args, name, runs)
@@ -992,12 +1004,12 @@ def stop_all(started: list) -> None:
             print(f"push_throughput: cleanup: {type(error).__name__}: {error}", file=sys.stderr)
 
 
-def measure_once(args: argparse.Namespace, store_name: str, workdir: Path, floor_first: bool) -> dict:
+def measure_once(args: argparse.Namespace, store_name: str, workdir: Path) -> dict:
     """One run on a store started for it, and stopped after it whatever happens."""
     started: list = []
     try:
         store = STARTERS[store_name](args, started)
-        return PushBench(args, workdir, started, store).run(floor_first)
+        return PushBench(args, workdir, started, store).run()
     finally:
         stop_all(started)
 
@@ -1017,7 +1029,7 @@ def run_all(args: argparse.Namespace, stores: list[str], tmp: Path) -> dict[str,
         workdir.mkdir()
         print(f"push_throughput: run {index} of {len(plan)}: {name}", file=sys.stderr, flush=True)
         try:
-            results[name].append(measure_once(args, name, workdir, floor_first=len(results[name]) % 2 == 1))
+            results[name].append(measure_once(args, name, workdir))
         except Exception:
             print_log_tails(workdir)
             raise
