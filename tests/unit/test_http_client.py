@@ -1,4 +1,4 @@
-"""The pooled HTTP client of the push path (geventhttpclient) against real TCP peers that misbehave on purpose."""
+"""The pooled HTTP client of the push path against real TCP peers that misbehave on purpose."""
 
 from __future__ import annotations
 
@@ -106,11 +106,7 @@ def test_a_post_whose_connection_closes_without_answer_is_not_repeated(server: S
 def test_a_put_whose_connection_closes_without_answer_is_repeated_a_bounded_number_of_times(
     server: ScriptedServer,
 ) -> None:
-    """``PUT /push``: the node recognises the version; a peer that always hangs up gets concurrency + 2 copies.
-
-    geventhttpclient repeats an idempotent request once per pooled connection
-    plus once; this pins that bound should a new release change it.
-    """
+    """``PUT /push``: the node recognises the version; a peer that always hangs up gets ``MAX_REPEATS`` + 1 copies."""
     server.script(Answer(close=True), ok(b"took it"))
     assert pool_for(server, concurrency=1).request("PUT", "/push/a", [], b"v1").body == b"took it"
     assert [r.body for r in server.received] == [b"v1", b"v1"]
