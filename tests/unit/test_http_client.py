@@ -49,6 +49,14 @@ def test_requests_share_one_connection_and_carry_host_and_length(server: Scripte
     assert "Content-Length: 0" in server.received[1].head.decode()
 
 
+def test_a_repeated_answer_header_reads_as_absent(server: ScriptedServer) -> None:
+    """``x-amz-crc32`` twice would be ambiguous: neither value is checked against."""
+    server.script(ok(b"{}", "X-Amz-Crc32: 1", "x-amz-crc32: 2", "X-Once: yes"))
+    answer = pool_for(server).request("POST", "/", [], b"{}")
+    assert answer.header("X-Amz-Crc32") is None
+    assert answer.header("x-once") == "yes"
+
+
 def test_a_chunked_answer_is_reassembled(server: ScriptedServer) -> None:
     server.script(
         Answer(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
