@@ -40,6 +40,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from autopush_flask import tracking, urgency
 from autopush_flask.admin.workers import WORKER_PATH
 from autopush_flask.config import Settings
+from autopush_flask.connection.sockets import send_whole
 from autopush_flask.db import Notification
 from autopush_flask.ids import canonical_uaid
 from autopush_flask.node_auth import BODY_HASH_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, RouterAuthError
@@ -152,14 +153,9 @@ class RouterHandler(WSGIHandler):
         self._send_out(data)
 
     def _send_out(self, data: bytes | bytearray) -> None:
-        """gevent's ``_sendall`` (its accounting, its errors) for what one ``send`` leaves (``sockets``)."""
-        try:
-            sent = self.socket.send(data)
-        except OSError:
-            sent = 0  # gevent's _sendall meets the error again and records it
-        if sent < len(data):
-            super()._sendall(memoryview(data)[sent:])
-        self.response_length += sent
+        """One ``send`` (``sockets``); gevent's ``_sendall``, with its accounting and
+        its record of errors, for whatever that leaves."""
+        self.response_length += send_whole(self.socket, data, super()._sendall)
 
 
 def refuse_large_bodies() -> Response | None:

@@ -11,11 +11,13 @@ through ``sendall``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
-def send_whole(sock: Any, data: bytes | bytearray) -> None:
-    """Write all of ``data``: one ``send`` when it takes everything, else ``sendall`` for the rest.
+def send_whole(sock: Any, data: bytes | bytearray, sendall: Callable[[Any], None] | None = None) -> int:
+    """Write all of ``data``: one ``send`` when it takes everything, else ``sendall``
+    (``sock.sendall`` unless another is given) for the rest; returns what ``send`` took.
 
     An error on the first ``send`` is left to ``sendall``, which meets it
     again and raises it as it always has.
@@ -25,4 +27,5 @@ def send_whole(sock: Any, data: bytes | bytearray) -> None:
     except OSError:
         sent = 0
     if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])
+        (sendall or sock.sendall)(memoryview(data)[sent:])
+    return sent
