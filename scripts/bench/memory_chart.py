@@ -56,14 +56,11 @@ def measure(clients: int, registers: int) -> dict[str, float]:
 
 
 def draw(points: list[dict[str, float]], registers: int, directory: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from scripts.bench.charts import new_chart, save_chart
 
     points = sorted(points, key=lambda point: point["clients"])
     counts = [point["clients"] for point in points]
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    figure, axes = new_chart()
     axes.plot(counts, [point["service_kib"] for point in points], "o-",
               label=f"connection node (hello + {registers} registers)")
     axes.plot(counts, [point["floor_kib"] for point in points], "s--", label="floor: bare gevent-websocket echo")
@@ -75,12 +72,7 @@ def draw(points: list[dict[str, float]], registers: int, directory: Path) -> Pat
     axes.grid(True, linewidth=0.3)
     axes.set_title("Connection worker memory per client", fontsize=10)
     axes.legend(fontsize=8, loc="upper right")
-    figure.tight_layout()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "memory_per_client.png"
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_chart(figure, directory, "memory_per_client.png")
 
 
 def print_table(points: list[dict[str, float]]) -> None:

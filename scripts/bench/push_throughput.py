@@ -954,12 +954,9 @@ def cpu_model() -> str:
 def write_chart(directory: Path, results: dict[str, list[dict]], args: argparse.Namespace) -> Path:
     """The POST->receive latency distribution (CDF, log scale) of every store and
     mode, all runs pooled: direct, and durable (stored, then delivered)."""
-    import matplotlib
+    from scripts.bench.charts import new_chart, save_chart
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    figure, axes = new_chart()
     styles = {"direct": "-", "durable": "--"}
     for color, (name, runs) in enumerate(results.items()):
         for mode, style in styles.items():
@@ -978,12 +975,7 @@ def write_chart(directory: Path, results: dict[str, list[dict]], args: argparse.
     axes.set_title(f"Push latency: {args.clients} clients, {args.pushes} pushes per mode, "
                    f"{runs_count} run{'s' * (runs_count > 1)}", fontsize=10)
     axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "push_latency.png"
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_chart(figure, directory, "push_latency.png")
 
 
 # ---------------------------------------------------------------------------
