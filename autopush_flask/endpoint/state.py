@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app
+from werkzeug.urls import iri_to_uri
 
 from autopush_flask.config import Settings
 from autopush_flask.crypto.keys import CryptoKeys
@@ -60,6 +61,12 @@ class EndpointState:
         """The origin of our endpoint URLs: what a VAPID ``aud`` must say."""
         parts = urlsplit(self.settings.endpoint_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+    @cached_property
+    def location_prefix(self) -> str:
+        """What a 201's ``Location`` starts with, as a URI: the message id that
+        follows is base64url, which a URI carries as it is (``webpush.Created``)."""
+        return iri_to_uri(f"{self.settings.endpoint_url}/m/")
 
 
 def build_state(node_services: Services) -> EndpointState:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, request
+from werkzeug.datastructures import Headers
 
 from autopush_flask import tracking
 from autopush_flask.crypto.base64url import encode_base64url
@@ -209,6 +210,21 @@ def _track(state: EndpointState, delivery: Delivery, sender: str | None) -> None
     milestones.milestone(DESTINATION_MILESTONES[delivery.destination], sender)
 
 
+class Created(Response):
+    """The 201 of a push, whose ``Location`` is a URI already (``EndpointState.location_prefix``).
+
+    werkzeug converts every ``Location`` from an IRI when it writes a response
+    (``iri_to_uri``: a URL split, three quotings and an IDNA encoding), which
+    was 3 % of the endpoint worker's CPU per push. The rest of what
+    ``get_wsgi_headers`` does is for bodies that are not set yet, 1xx, 204 and
+    304 answers, none of which this is: the constructor already set
+    ``Content-Length``.
+    """
+
+    def get_wsgi_headers(self, environ: dict) -> Headers:
+        return Headers(self.headers)
+
+
 def _created(state: EndpointState, message_id: str, ttl: int) -> Response:
-    location = f"{state.settings.endpoint_url}/m/{message_id}"
-    return Response(b"", status=201, headers=[("Location", location), ("TTL", str(ttl))])
+    location = state.location_prefix + message_id
+    return Created(b"", status=201, headers=[("Location", location), ("TTL", str(ttl))])
