@@ -23,10 +23,12 @@ checks, cheapest first, before a handler runs:
 from __future__ import annotations
 
 import email.parser
+import email.utils
 import http.client
 import json
 import re
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -289,6 +291,8 @@ class PushRoute:
         self.api_app = api_app
         self.flask_wsgi_app = api_app.wsgi_app
         self.max_body = api_app.config["MAX_CONTENT_LENGTH"]
+        self._date_second = -1
+        self._date = ""
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO", "")
@@ -315,9 +319,16 @@ class PushRoute:
         body = text.encode()
         start_response(
             _STATUS_LINES[status],
-            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), ("Date", self.date())],
         )
         return [body]
+
+    def date(self) -> str:
+        """The answer's ``Date``, formatted once a second rather than by gevent for each answer."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second, self._date = now, email.utils.formatdate(now, usegmt=True)
+        return self._date
 
     def push(self, environ: dict, path: str, uaid: str, length: int) -> tuple[int, str]:
         node = self.api_app.extensions[NODE_KEY]
@@ -353,11 +364,47 @@ MAX_HEADERS = 100
 # characters of its header pattern, the value without leading blanks or the
 # line end. Printable ASCII only; anything else is left to the email package.
 _PLAIN_HEADER_LINE = re.compile(rb"([!-9;-~]+):[ \t]*([\t -~]*?)\r?\n\Z")
+# A whole head of such lines, each ended by CRLF, then the blank line.
+_PLAIN_HEAD = re.compile(rb"(?:[!-9;-~]+:[\t -~]*\r\n)*\r\n")
+_PLAIN_HEAD_FIELD = re.compile(rb"([!-9;-~]+):[ \t]*([\t -~]*)\r\n")
+
+
+class PlainHead(OldMessage):
+    """A head of plain lines, whose lookups use a dict built once.
+
+    gevent asks a request's head for six names or so (``Content-Length``,
+    ``Transfer-Encoding``, ``Connection``, ``Upgrade``, ``Content-Type``…) and
+    the email package's ``get`` lower-cases every header name for each. The
+    head is not changed after it is read, except by gevent's ``del`` of
+    ``Content-Length`` beside a chunked body, which keeps the dict in step.
+    """
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._first: dict[str, str] = {}
+        for name, value in fields:
+            self.set_raw(name, value)
+            self._first.setdefault(name.lower(), value)
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        return self._first.get(name.lower(), failobj)
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        self._first.pop(name.lower(), None)
 
 
 def read_headers(fp: Any) -> Any:
     """A request's headers as gevent's ``headers_factory`` gives them (an
-    ``OldMessage``), without the email parser for plain lines."""
+    ``OldMessage``), without the email parser for plain lines.
+
+    The endpoint sends a ``PUT /push`` in one ``send``, so its whole head is
+    usually in the reader's buffer already: it is then matched and split at
+    once (``_plain_head``) rather than line by line.
+    """
+    head = _plain_head(fp)
+    if head is not None:
+        return head
     lines = []
     while True:  # http.client's reading of a head, with its limits
         line = fp.readline(MAX_HEADER_LINE + 1)
@@ -370,16 +417,37 @@ def read_headers(fp: Any) -> Any:
             raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
         if line in (b"\r\n", b"\n", b""):
             break
-    message = OldMessage()
     if lines[-1]:  # ended by a blank line, not by the end of the stream
+        fields = []
         for line in lines[:-1]:
             match = _PLAIN_HEADER_LINE.match(line)
             if match is None:
                 break
-            message.set_raw(match[1].decode("ascii"), match[2].decode("ascii"))
+            fields.append((match[1].decode("ascii"), match[2].decode("ascii")))
         else:
-            return message
+            return PlainHead(fields)
     return email.parser.Parser(_class=OldMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+def _plain_head(fp: Any) -> PlainHead | None:
+    """The head when all of it is buffered and plain (CRLF lines within the
+    header limit), read past; else ``None`` with nothing read."""
+    peek = getattr(fp, "peek", None)
+    if peek is None:
+        return None
+    buffered = peek(1)  # what is buffered; one read of the socket when nothing is
+    if buffered.startswith(b"\r\n"):
+        length = 2  # no header at all
+    elif (end := buffered.find(b"\r\n\r\n")) >= 0:
+        length = end + 4
+    else:
+        return None
+    if buffered.count(b"\n", 0, length) > MAX_HEADERS or _PLAIN_HEAD.fullmatch(buffered, 0, length) is None:
+        return None
+    fields = [
+        (name.decode("ascii"), value.decode("ascii")) for name, value in _PLAIN_HEAD_FIELD.findall(fp.read(length))
+    ]
+    return PlainHead(fields)
 
 
 _SIGNATURE_ENVIRON = [

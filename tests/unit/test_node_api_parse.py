@@ -23,6 +23,7 @@ from autopush_flask.connection.node_api import (
     NOTIFICATION_SCHEMA,
     _plain_notification,
     parse_notification,
+    PlainHead,
     read_headers,
 )
 from autopush_flask.crypto.keys import CryptoKeys
@@ -127,38 +128,75 @@ def test_lean_path_and_flask_route_answer_alike(router) -> None:
 
 # ---- the router's header reading: as gevent's (email package), line for line
 
+SAMPLE_LINES = [b"Host: 127.0.0.1:8082\r\n", b"Content-Length: 12\r\n", b"X-Autopush-Timestamp:1\r\n",
+                b"Empty:\r\n", b"Spaces:   a  b  \r\n", b"Tab:\tv\r\n", b"LF-only: v\n", b"Folded: a\r\n",
+                b"  continued\r\n", b"no colon\r\n", b"From someone\r\n", b"Bad Name: v\r\n",
+                b"Caf\xe9: \xff\r\n", b"CR: a\rb\r\n", b"Double-CR: a\r\r\n", b": no name\r\n"]
 HEADER_LINES = st.lists(
     st.one_of(
-        st.sampled_from([b"Host: 127.0.0.1:8082\r\n", b"Content-Length: 12\r\n", b"X-Autopush-Timestamp:1\r\n",
-                         b"Empty:\r\n", b"Spaces:   a  b  \r\n", b"Tab:\tv\r\n", b"LF-only: v\n", b"Folded: a\r\n",
-                         b"  continued\r\n", b"no colon\r\n", b"From someone\r\n", b"Bad Name: v\r\n",
-                         b"Caf\xe9: \xff\r\n", b"CR: a\rb\r\n", b"Double-CR: a\r\r\n", b": no name\r\n"]),
+        st.sampled_from(SAMPLE_LINES),
         st.binary(max_size=12).map(lambda raw: raw.replace(b"\n", b"") + b"\r\n"),
     ),
     max_size=8,
 )
 
 
-def both_readings(lines: list[bytes], end: bytes = b"\r\n") -> tuple[object, object]:
+# What gevent asks of a request's head, in every spelling it uses.
+LOOKED_UP = ["content-length", "Content-Length", "transfer-encoding", "Connection", "Upgrade", "content-type",
+             "host", "X-Autopush-Timestamp", "empty", "Absent"]
+
+
+def reading(head: object, rest: bytes) -> list:
+    """What gevent sees of a head, and what is left to read after it."""
+    return [*head.items(), head.status, list(head.headers), head.typeheader,  # type: ignore[attr-defined]
+            [head.get(name, "-") for name in LOOKED_UP], rest]  # type: ignore[attr-defined]
+
+
+def both_readings(lines: list[bytes], end: bytes = b"\r\n", buffered: bool = False) -> tuple[list, list]:
+    """Ours (through a buffered reader when ``buffered``, as on a socket: the whole-head path) and gevent's."""
     raw = b"".join(lines) + end + b"body"
-    ours, gevents = read_headers(io.BytesIO(raw)), headers_factory(io.BytesIO(raw))
-    return ([*ours.items(), ours.status, list(ours.headers), ours.typeheader],
-            [*gevents.items(), gevents.status, list(gevents.headers), gevents.typeheader])
+    stream = io.BufferedReader(io.BytesIO(raw)) if buffered else io.BytesIO(raw)
+    ours = read_headers(stream)
+    gevent_stream = io.BytesIO(raw)
+    gevents = headers_factory(gevent_stream)
+    return reading(ours, stream.read()), reading(gevents, gevent_stream.read())
 
 
 @settings(max_examples=400, deadline=None)
-@given(HEADER_LINES, st.sampled_from([b"\r\n", b"\n", b""]))
-def test_router_headers_read_as_gevent_reads_them(lines: list[bytes], end: bytes) -> None:
-    ours, gevents = both_readings(lines, end)
+@given(HEADER_LINES, st.sampled_from([b"\r\n", b"\n", b""]), st.booleans())
+def test_router_headers_read_as_gevent_reads_them(lines: list[bytes], end: bytes, buffered: bool) -> None:
+    ours, gevents = both_readings(lines, end, buffered)
     assert ours == gevents
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+@pytest.mark.parametrize("line", SAMPLE_LINES)
+def test_each_sample_line_reads_as_gevent_reads_it(line: bytes, buffered: bool) -> None:
+    ours, gevents = both_readings([b"Host: a\r\n", line], buffered=buffered)
+    assert ours == gevents
+
+
+def test_a_buffered_plain_head_is_read_at_once_and_deleting_keeps_lookups_in_step() -> None:
+    head = b"Host: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\n"
+    stream = io.BufferedReader(io.BytesIO(head + b"5\r\nhello"))
+    message = read_headers(stream)
+    assert isinstance(message, PlainHead)
+    assert stream.tell() == len(head)
+    assert message.get("CONTENT-LENGTH") == "5"
+    del message["content-length"]  # what gevent does beside a chunked body
+    assert message.get("Content-Length") is None
+    assert message.get("host") == "a"
 
 
 def test_router_header_limits_are_gevents() -> None:
-    ours, gevents = both_readings([b"X-Long: " + b"a" * 70_000 + b"\r\n"])
-    assert ours == gevents
-    assert "Line too long" in ours
-    with pytest.raises(HTTPException):
-        both_readings([b"X: 1\r\n"] * 101)
+    for buffered in (False, True):
+        ours, gevents = both_readings([b"X-Long: " + b"a" * 70_000 + b"\r\n"], buffered=buffered)
+        assert ours == gevents
+        assert "Line too long" in ours
+        with pytest.raises(HTTPException):
+            both_readings([b"X: 1\r\n"] * 100, buffered=buffered)
+        ours, gevents = both_readings([b"X: 1\r\n"] * 99, buffered=buffered)
+        assert ours == gevents
 
 
 def test_plain_heads_are_read_without_the_email_package() -> None:
