@@ -48,6 +48,10 @@ from autopush_flask.ids import canonical_uaid
 from autopush_flask.node_auth import BODY_HASH_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, RouterAuthError
 
 NODE_KEY = "autopush_node"
+# The gate and the lean PUT /push of the API app, for ``RouterHandler``.
+PUSH_PATH_KEY = "autopush_push_path"
+GATE_CLOSED_TEXT = "Router busy."
+TEXT_TYPE = "text/plain; charset=utf-8"
 AUTH_ERROR_METRIC = "router.auth.error"
 REJECTED_METRIC = "router.request.rejected"
 # A push body is JSON holding the base64 of at most max_data bytes (4/3 of
@@ -78,9 +82,8 @@ class RequestGate:
         self.active = 0
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if self.active >= self.limit:
-            self.metrics.increment(REJECTED_METRIC, tags={"reason": "busy"})
-            body = b"Router busy."
+        if not self.admit():
+            body = GATE_CLOSED_TEXT.encode()
             start_response(
                 "503 Service Unavailable",
                 [
@@ -89,19 +92,32 @@ class RequestGate:
                 ],
             )
             return [body]
-        self.active += 1
         try:
             return self.app(environ, start_response)
         finally:
-            self.active -= 1
+            self.leave()
+
+    def admit(self) -> bool:
+        """Take a slot, or count the refusal; every ``True`` is followed by one ``leave``."""
+        if self.active >= self.limit:
+            self.metrics.increment(REJECTED_METRIC, tags={"reason": "busy"})
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
 
 
 def protect(api_app: Flask, limit: int, max_data: int, metrics: Any) -> None:
-    """Install the gate, the body cap and ``PUT /push``'s lean path on the API app (see the module doc)."""
+    """Install the gate, the body cap and ``PUT /push``'s lean paths on the API app (see the module doc)."""
     api_app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(max_data)
     api_app.before_request(refuse_large_bodies)
+    route = PushRoute(api_app)
+    gate = RequestGate(route, limit, metrics)
     # Flask's documented way to wrap the WSGI app; typeshed sees a method
-    api_app.wsgi_app = RequestGate(PushRoute(api_app), limit, metrics)  # type: ignore[method-assign]
+    api_app.wsgi_app = gate  # type: ignore[method-assign]
+    api_app.extensions[PUSH_PATH_KEY] = (gate, route)
 
 
 class RouterHandler(WSGIHandler):
@@ -158,6 +174,96 @@ class RouterHandler(WSGIHandler):
         """One ``send`` (``sockets``); gevent's ``_sendall``, with its accounting and
         its record of errors, for whatever that leaves."""
         self.response_length += send_whole(self.socket, data, super()._sendall)
+
+    # ---- the plain PUT /push, answered from the buffered request
+
+    def handle_one_request(self) -> Any:
+        """A plain ``PUT /push`` (``_plain_push``) answered here; anything else as gevent handles it.
+
+        Why: with the Flask cycle gone (``PushRoute``), gevent's own work around
+        each request was a third of the connection worker's busy samples per
+        direct notification: the request line checked and split, the head
+        looked up name by name, a WSGI environ and its input object built, the
+        status and headers checked, encoded and dated. The endpoint sends a
+        ``PUT /push`` in one ``send``, so the whole head is usually buffered
+        already: it is matched at once, and the answer written in one piece.
+        """
+        request = self._plain_push()
+        if request is None:
+            return super().handle_one_request()
+        return self._answer_push(*request)
+
+    def _plain_push(self) -> tuple[str, str, dict[str, str], int] | None:
+        """Path, UAID, signature headers and body length of a buffered request in the
+        plain form, its head then read past; ``None`` (nothing read) for anything else.
+
+        Plain: ``PUT /push/{uaid} HTTP/1.1`` with a UAID of letters, digits and
+        dashes (nothing to unquote), a head of plain lines (``_PLAIN_HEAD``)
+        within gevent's limits with no name twice, a ``Content-Length`` within
+        the body cap, and none of ``Transfer-Encoding``, ``Expect``, ``Upgrade``
+        or a ``Connection`` other than keep-alive.
+        """
+        rfile = self.rfile
+        if rfile.closed:
+            return None
+        try:
+            buffered = rfile.peek(1)  # what is buffered; one read of the socket when nothing is
+        except OSError:
+            return None  # gevent's reading meets the same error and ends the connection
+        line = _PUSH_REQUEST_LINE.match(buffered)
+        if line is None:
+            return None
+        start = line.end()
+        end = buffered.find(b"\r\n\r\n", start)
+        if end < 0 or buffered.count(b"\n", start, end + 4) > MAX_HEADERS:  # header lines and the blank one
+            return None
+        if _PLAIN_HEAD.fullmatch(buffered, start, end + 4) is None:
+            return None
+        pairs = _PLAIN_HEAD_FIELD.findall(buffered, start, end + 4)
+        fields = {name.decode("ascii").lower(): value.decode("ascii") for name, value in pairs}
+        length = fields.get("content-length", "")
+        push_path = getattr(self.server.application, "extensions", {}).get(PUSH_PATH_KEY)
+        if (
+            push_path is None
+            or len(fields) != len(pairs)
+            or not (length.isascii() and length.isdigit() and int(length) <= push_path[1].max_body)
+            or not _PLAIN_PUSH_FIELDS.isdisjoint(fields)
+            or fields.get("connection", "keep-alive").lower() != "keep-alive"
+        ):
+            return None
+        rfile.read(end + 4)
+        signature = {name: fields[name.lower()] for name in _SIGNATURE_NAMES if name.lower() in fields}
+        return line[1].decode("ascii"), line[2].decode("ascii"), signature, int(length)
+
+    def _answer_push(self, path: str, uaid: str, signature: dict[str, str], length: int) -> bool | None:
+        """What ``RequestGate`` and ``PushRoute`` answer, in one write; then the unread
+        rest of the body is dropped, as gevent does; ``True``: read the next request."""
+        gate, route = self.server.application.extensions[PUSH_PATH_KEY]
+        self.response_length = 0
+        unread = length
+
+        def read(size: int) -> bytes:
+            nonlocal unread
+            data = self.rfile.read(size)
+            unread -= len(data)
+            return data
+
+        if gate.admit():
+            try:
+                status, text = route.answer(path, uaid, signature, read, length)
+            finally:
+                gate.leave()
+        else:
+            status, text = 503, GATE_CLOSED_TEXT
+        body = text.encode()
+        head = f"HTTP/1.1 {_STATUS_LINES[status]}\r\nContent-Type: {TEXT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+        try:
+            self._send_out(f"{head}Date: {route.date()}\r\n\r\n".encode("latin-1") + body)
+            if unread > 0 and len(self.rfile.read(unread)) < unread:
+                return None  # the client left mid-body
+        except OSError:
+            return None
+        return True
 
 
 def refuse_large_bodies() -> Response | None:
@@ -310,16 +416,12 @@ class PushRoute:
         uaid = path[len(self.PREFIX) :]
         if not uaid or "/" in uaid or not uaid.isascii():
             return self.flask_wsgi_app(environ, start_response)
-        try:
-            status, text = self.push(environ, path, uaid, int(length))
-        except Exception:
-            # What Flask does with an exception in a view: log it, answer 500.
-            self.api_app.logger.error("Exception on %s [PUT]", path, exc_info=True)
-            status, text = 500, "Internal Server Error"
+        signature = {name: environ[key] for name, key in _SIGNATURE_ENVIRON if key in environ}
+        status, text = self.answer(path, uaid, signature, environ["wsgi.input"].read, int(length))
         body = text.encode()
         start_response(
             _STATUS_LINES[status],
-            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), ("Date", self.date())],
+            [("Content-Type", TEXT_TYPE), ("Content-Length", str(len(body))), ("Date", self.date())],
         )
         return [body]
 
@@ -330,18 +432,28 @@ class PushRoute:
             self._date_second, self._date = now, email.utils.formatdate(now, usegmt=True)
         return self._date
 
-    def push(self, environ: dict, path: str, uaid: str, length: int) -> tuple[int, str]:
+    def answer(
+        self, path: str, uaid: str, signature: dict[str, str], read: Callable[[int], bytes], length: int
+    ) -> tuple[int, str]:
+        """``push``, and what Flask does with an exception in a view: log it, answer 500."""
+        try:
+            return self.push(path, uaid, signature, read, length)
+        except Exception:
+            self.api_app.logger.error("Exception on %s [PUT]", path, exc_info=True)
+            return 500, "Internal Server Error"
+
+    def push(
+        self, path: str, uaid: str, signature: dict[str, str], read: Callable[[int], bytes], length: int
+    ) -> tuple[int, str]:
+        """The checks of docs/protocol.md#put-push in their order; ``signature``: the
+        signature headers that came (absent ones: ``verify_head`` says "missing");
+        ``read(length)``, the body, is called at most once."""
         node = self.api_app.extensions[NODE_KEY]
         data: bytes | None = None
         if node.settings.router_auth:
-            headers = {
-                name: environ[key]
-                for name, key in _SIGNATURE_ENVIRON
-                if key in environ  # absent ones: verify_head says "missing"
-            }
             try:
-                signed_sha256 = node.request_keys.verify_head("PUT", path, headers)
-                data = _read(environ, length)
+                signed_sha256 = node.request_keys.verify_head("PUT", path, signature)
+                data = read(length) if length else b""
                 node.request_keys.verify_body(signed_sha256, data)
             except RouterAuthError as error:
                 node.services.metrics.increment(AUTH_ERROR_METRIC, tags={"reason": error.reason})
@@ -349,7 +461,9 @@ class PushRoute:
         client = _registered(node, uaid)
         if client is None:
             return NOT_CONNECTED
-        notification = parse_notification(data if data is not None else _read(environ, length))
+        if data is None:
+            data = read(length) if length else b""
+        notification = parse_notification(data)
         if notification is None:
             return INVALID
         if not client.deliver(notification):
@@ -450,16 +564,13 @@ def _plain_head(fp: Any) -> PlainHead | None:
     return PlainHead(fields)
 
 
-_SIGNATURE_ENVIRON = [
-    (name, "HTTP_" + name.upper().replace("-", "_")) for name in (TIMESTAMP_HEADER, BODY_HASH_HEADER, SIGNATURE_HEADER)
-]
+# A PUT /push request line with nothing to unquote in its UAID segment (``RouterHandler``).
+_PUSH_REQUEST_LINE = re.compile(rb"PUT (/push/([0-9A-Za-z-]+)) HTTP/1\.1\r\n")
+# Request headers that take a request off the plain path, to gevent's handling.
+_PLAIN_PUSH_FIELDS = frozenset({"transfer-encoding", "expect", "upgrade"})
+_SIGNATURE_NAMES = (TIMESTAMP_HEADER, BODY_HASH_HEADER, SIGNATURE_HEADER)
+_SIGNATURE_ENVIRON = [(name, "HTTP_" + name.upper().replace("-", "_")) for name in _SIGNATURE_NAMES]
 _STATUS_LINES = {code: f"{code} {HTTP_STATUS_CODES[code].upper()}" for code in (200, 401, 400, 404, 500, 503)}
-
-
-def _read(environ: dict, length: int) -> bytes:
-    """The body, ``length`` bytes (already checked against the cap). A client
-    that closed early gets a short body, which fails the signature or the JSON."""
-    return environ["wsgi.input"].read(length) if length else b""
 
 
 NOT_CONNECTED = (404, "Client not connected.")

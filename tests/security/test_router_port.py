@@ -183,6 +183,88 @@ def test_unsigned_forged_stale_tampered_and_replayed_requests_are_refused(stack:
            f"reasons {counted}; head-only refusal in {refused_in * 1000:.0f} ms; signed push delivered directly")
 
 
+def read_response(sock: socket.socket, buffered: bytearray, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One whole answer (status, lower-case headers, body) from ``sock``; what follows stays in ``buffered``."""
+    sock.settimeout(timeout)
+    while b"\r\n\r\n" not in buffered:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole head: {bytes(buffered)!r}")
+        buffered += chunk
+    head, _, _ = bytes(buffered).partition(b"\r\n\r\n")
+    del buffered[: len(head) + 4]
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(buffered) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before the whole body")
+        buffered += chunk
+    body = bytes(buffered[:length])
+    del buffered[:length]
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+def test_one_connection_carries_pipelined_split_and_unusual_push_requests_in_order(
+    stack: Stack, statsd: StatsdSink
+) -> None:
+    """The router answers the plain ``PUT /push`` from what it has buffered, and hands
+    anything else to gevent's handling: on one kept-alive connection, each request
+    must still get its own answer, in order, and leave the next one whole."""
+    client, uaid, channel_id, _ = subscribe(stack)
+    keys = router_keys(stack.environ["AUTOPUSH_CRYPTO_KEYS"])
+    path = f"/push/{uaid}"
+
+    def signed(version: str, **extra: str) -> bytes:
+        body = push_body(channel_id, version)
+        return raw_head("PUT", path, {**dict(keys.sign("PUT", path, body)), **extra}, len(body)) + body
+
+    unsigned_body = push_body(channel_id, "unsigned")
+    auth_before = statsd.count(AUTH_ERRORS, reason="missing")
+    answers = []
+    buffered = bytearray()
+    with socket.create_connection(("127.0.0.1", stack.router_port)) as sock:
+        # Two pushes and an unsigned one (its body left unread by the 401) in one write.
+        sock.sendall(signed("pipelined-1") + raw_head("PUT", path, {}, len(unsigned_body)) + unsigned_body
+                     + signed("pipelined-2"))
+        answers += [read_response(sock, buffered) for _ in range(3)]
+        # A head whose body comes later.
+        whole = signed("split")
+        sock.sendall(whole[:-20])
+        time.sleep(0.2)
+        sock.sendall(whole[-20:])
+        answers.append(read_response(sock, buffered))
+        # Forms left to gevent: a folded header line, Expect: 100-continue, a UAID to unquote.
+        folded = signed("folded").replace(b"Host: router\r\n", b"Host: router\r\nX-Folded: a\r\n b\r\n", 1)
+        sock.sendall(folded)
+        answers.append(read_response(sock, buffered))
+        expecting = signed("expect", Expect="100-continue")
+        head, _, body = expecting.partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        assert read_response(sock, buffered)[0] == 100
+        sock.sendall(body)
+        answers.append(read_response(sock, buffered))
+        quoted = f"/push/{uaid[:4]}%{ord(uaid[4]):02x}{uaid[5:]}"
+        quoted_body = push_body(channel_id, "quoted")
+        sock.sendall(raw_head("PUT", quoted, dict(keys.sign("PUT", f"/push/{uaid}", quoted_body)), len(quoted_body))
+                     + quoted_body)
+        answers.append(read_response(sock, buffered))
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [200, 401, 200, 200, 200, 200, 200], answers
+    for status, headers, body in answers:
+        assert headers["content-type"].startswith("text/plain")
+        assert int(headers["content-length"]) == len(body) and headers["date"].endswith(" GMT")
+    received = []
+    for _ in range(6):
+        notification = client.receive()
+        received.append(notification["version"])
+        client.ack(notification)
+    assert received == ["pipelined-1", "pipelined-2", "split", "folded", "expect", "quoted"]
+    assert statsd.wait_count(AUTH_ERRORS, auth_before + 1, reason="missing") == auth_before + 1
+    report(f"router keep-alive: {len(answers)} requests on one connection answered in order: {statuses}")
+
+
 def test_key_rotation_and_an_endpoint_with_an_unrelated_key(dynalite, tmp_path: Path, statsd: StatsdSink) -> None:
     key_a, key_b, key_c = (CryptoKeys.generate_key() for _ in range(3))
     stack = Stack(dynalite.url, tmp_path, **statsd.settings())

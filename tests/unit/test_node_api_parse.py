@@ -1,20 +1,24 @@
-"""``PUT /push`` on the router: the lean WSGI path answers as the Flask route does.
+"""``PUT /push`` on the router: the lean paths answer as the Flask route does.
 
-``PushRoute`` (autopush_flask/connection/node_api.py) takes the plain form of
-``PUT /push/{uaid}`` past Flask, and ``_plain_notification`` takes the plain
-form of its body past marshmallow. Both must be invisible: the same statuses,
-bodies and notifications (docs/protocol.md#put-push).
+``RouterHandler`` (autopush_flask/connection/node_api.py) answers the plain
+form of ``PUT /push/{uaid}`` from the buffered request, without a WSGI environ;
+``PushRoute`` takes the forms left to gevent past Flask, and
+``_plain_notification`` takes the plain form of its body past marshmallow. All
+must be invisible: the same statuses, bodies and notifications
+(docs/protocol.md#put-push).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 import uuid
 from http.client import HTTPException
 
+import gevent.socket
 import pytest
-from gevent.pywsgi import headers_factory
+from gevent.pywsgi import WSGIServer, headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +28,7 @@ from autopush_flask.connection.node_api import (
     _plain_notification,
     parse_notification,
     PlainHead,
+    RouterHandler,
     read_headers,
 )
 from autopush_flask.crypto.keys import CryptoKeys
@@ -204,3 +209,44 @@ def test_plain_heads_are_read_without_the_email_package() -> None:
     head = b"Host: 127.0.0.1\r\nContent-Length: 2\r\nX-Autopush-Timestamp: 1\r\n\r\n{}"
     assert read_headers(io.BytesIO(head)).get_payload() is None
     assert read_headers(io.BytesIO(b"Folded: a\r\n b\r\n\r\n")).get_payload() == ""
+
+
+# ---- the router's handler: the plain PUT /push without gevent's WSGI environ
+
+
+def handled(api_app, raw: bytes, monkeypatch) -> tuple[object, bytes, int]:
+    """``raw`` through one ``RouterHandler.handle_one_request`` on a real socket pair:
+    (its result, the answer's bytes, how many WSGI environs gevent built)."""
+    environs = []
+    original = RouterHandler.get_environ
+
+    def counted(handler):
+        environs.append(1)
+        return original(handler)
+
+    monkeypatch.setattr(RouterHandler, "get_environ", counted)
+    server = WSGIServer(("127.0.0.1", 0), api_app, log=None, handler_class=RouterHandler)
+    ours, theirs = gevent.socket.socketpair()
+    with ours, theirs:
+        theirs.sendall(raw)
+        handler = RouterHandler(ours, ("127.0.0.1", 1), server)
+        result = handler.handle_one_request()
+        ours.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := theirs.recv(65536):
+            answer += chunk
+    return result, answer, len(environs)
+
+
+def test_the_plain_push_is_answered_without_a_wsgi_environ(router, monkeypatch) -> None:
+    client, keys = router
+    api_app = client.application
+    path = f"/push/{uuid.uuid4().hex}"
+    body = json.dumps({"channelID": CHANNEL, "version": "v"}).encode()
+    signature = "".join(f"{name}: {value}\r\n" for name, value in keys.sign("PUT", path, body))
+    head = f"PUT {path} HTTP/1.1\r\nHost: router\r\nContent-Length: {len(body)}\r\n{signature}"
+    plain = handled(api_app, f"{head}\r\n".encode() + body, monkeypatch)
+    expecting = handled(api_app, f"{head}Expect: 100-continue\r\n\r\n".encode() + body, monkeypatch)
+    assert plain[0] is True and plain[2] == 0
+    assert plain[1].startswith(b"HTTP/1.1 404 NOT FOUND\r\n") and plain[1].endswith(b"\r\n\r\nClient not connected.")
+    assert expecting[2] == 1 and b"404 NOT FOUND" in expecting[1]  # gevent's handling
