@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import select
 import socket
 import weakref
 from collections import deque
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import gevent
-import gevent.select
+import gevent.monkey
 import gevent.socket
 import gevent.ssl
 from gevent.hub import Hub
@@ -276,11 +277,16 @@ class _Connections:
 
     def _take_idle(self) -> gevent.socket.socket | None:
         """A pooled connection the peer has not closed: an idle one that is readable
-        has been closed (or sent something unasked) and is dropped unused."""
+        has been closed (or sent something unasked) and is dropped unused.
+
+        Asked with the system's ``poll`` and no timeout, which never blocks:
+        gevent's ``select`` calls the system's ``select`` first, which refuses
+        a descriptor past 1024, as a worker holding thousands of browsers has
+        (tests/unit/test_http_client.py).
+        """
         while self._idle:
             sock = self._idle.pop()
-            readable, _, _ = gevent.select.select([sock], [], [], 0)
-            if not readable:
+            if not _readable_now(sock):
                 return sock
             sock.close()
         return None
@@ -297,6 +303,16 @@ class _Connections:
             sock.close()
             raise
         return sock
+
+
+_system_poll = gevent.monkey.get_original("select", "poll")
+
+
+def _readable_now(sock: gevent.socket.socket) -> bool:
+    """Whether ``sock`` has input or an end waiting, asked without waiting."""
+    poller = _system_poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _PeerClosed(Exception):

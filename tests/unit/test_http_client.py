@@ -302,3 +302,22 @@ def test_one_pool_serves_several_threads(server: ScriptedServer) -> None:
     assert answers == [b"thread"]
     assert pool.request("GET", "/", []).body == b"main again"
     assert server.connections == 2  # one per thread, each kept alive
+
+
+def test_pooled_connections_above_select_range_are_reused(server: ScriptedServer) -> None:
+    """A busy connection worker holds thousands of sockets: a pooled connection's
+    file descriptor is past what ``select`` takes (1024), and reusing it must work."""
+    server.script(ok(b"one"), ok(b"two"), ok(b"three"))
+    filler = [socket.socket() for _ in range(1100)]
+    try:
+        pool = pool_for(server)
+        assert pool.request("PUT", "/a", [], b"1").body == b"one"
+        assert pool.request("PUT", "/b", [], b"2").body == b"two"
+        server.close_idle()
+        time.sleep(0.05)
+        assert pool.request("PUT", "/c", [], b"3").body == b"three"  # the closed one noticed, not sent on
+    finally:
+        for sock in filler:
+            sock.close()
+    assert server.connections == 2
+    assert [r.body for r in server.received] == [b"1", b"2", b"3"]
