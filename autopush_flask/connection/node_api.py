@@ -6,7 +6,8 @@ notification, ask a client to check storage, or drop a stale duplicate.
 Whoever reaches the port could do the same, so every request passes three
 checks, cheapest first, before a handler runs:
 
-1. ``RequestGate`` (WSGI middleware): at most ``AUTOPUSH_ROUTER_MAX_REQUESTS``
+1. ``RequestGate`` (WSGI middleware, and asked by ``RouterHandler`` for the
+   ``PUT /push`` it answers itself): at most ``AUTOPUSH_ROUTER_MAX_REQUESTS``
    requests in progress per worker; the next one gets 503 at once, which the
    endpoint takes as "store the message".
 2. ``refuse_large_bodies`` (the whole API app): a declared body larger than a
@@ -121,8 +122,10 @@ def protect(api_app: Flask, limit: int, max_data: int, metrics: Any) -> None:
 
 
 class RouterHandler(WSGIHandler):
-    """gevent's request handler for the router port: no access log, lean header
-    parsing, one write per answer (docs/performance.md#the-routers-put-push).
+    """gevent's request handler for the router port: the plain ``PUT /push``
+    answered from the buffered request (``handle_one_request``), and for the
+    rest no access log, lean header parsing and one write per answer
+    (docs/performance.md#the-routers-put-push).
 
     The router's ``WSGIServer`` is built with ``log=None``, but gevent still
     formats an access-log line (a ``datetime.now()`` and a ``%`` format) for
@@ -388,7 +391,11 @@ class PushRoute:
     query string, a ``Content-Length`` within the body cap and no
     ``Transfer-Encoding``. Anything else (a chunked or oversized body, a
     malformed length, other methods and paths) goes to the Flask app, whose
-    hooks answer it as before (411, 413, 404, 405).
+    hooks answer it as before (411, 413, 404, 405). Most plain requests do not
+    even reach this WSGI path: ``RouterHandler`` answers them through
+    ``answer`` straight from the buffered request; what it leaves to gevent
+    (an ``Expect``, a folded header line, a UAID to unquote, HTTP/1.0) comes
+    here.
     """
 
     PREFIX = "/push/"
