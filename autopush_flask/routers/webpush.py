@@ -15,11 +15,10 @@ message.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, cast
 
-from autopush_flask import urgency
+from autopush_flask import json_codec, urgency
 from autopush_flask.db import Notification, Storage, StorageError, User
 from autopush_flask.http_client import HTTPFailure, HTTPTimeout, PoolManager
 from autopush_flask.logging import log_fields
@@ -148,7 +147,7 @@ class WebPushRouter:
 
     def _put(self, node_id: str, path: str, payload: dict | None) -> int:
         """A signed ``PUT`` to a connection node's router; its status (401: keys disagree)."""
-        body = json.dumps(payload).encode() if payload is not None else b""
+        body = json_codec.encode(payload) if payload is not None else b""
         headers = JSON_HEADERS + self._router_keys.sign("PUT", path, body)
         try:
             response = self._http.request("PUT", node_id + path, headers, body)

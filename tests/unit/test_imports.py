@@ -42,7 +42,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / PACKAGE
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", (
         "autopush_flask", "autopush_flask.config", "autopush_flask.metrics", "autopush_flask.logging",
-        "autopush_flask.http_client", "autopush_flask.proxies", "autopush_flask.node_auth", "autopush_flask.ids", "autopush_flask.urgency", "autopush_flask.tracking",
+        "autopush_flask.http_client", "autopush_flask.json_codec", "autopush_flask.proxies", "autopush_flask.node_auth", "autopush_flask.ids", "autopush_flask.urgency", "autopush_flask.tracking",
         "autopush_flask.crypto", "autopush_flask.crypto.*",
         "autopush_flask.db.models", "autopush_flask.db.errors", "autopush_flask.db.interface",
     )),

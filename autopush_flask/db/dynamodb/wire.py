@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from autopush_flask import json_codec
 from autopush_flask.db.errors import StorageError, StorageUnavailable, error_for_code
 from autopush_flask.http_client import ConnectionPool, HTTPFailure
 
@@ -110,7 +111,7 @@ class ItemClient:
 
     def call(self, operation: str, params: dict) -> dict:
         target = TARGET_PREFIX + ITEM_OPERATIONS[operation]
-        body = json.dumps(params, separators=(",", ":")).encode()
+        body = json_codec.encode(params)
         frozen = self._credentials.get_frozen_credentials()
         headers = self._signer.headers(target, body, frozen.access_key, frozen.secret_key, frozen.token, self._clock())
         headers.append(("user-agent", self._user_agent))
@@ -120,7 +121,7 @@ class ItemClient:
             raise StorageUnavailable(f"{operation}: {error}", operation, type(error).__name__) from error
         _check_crc32(response.header("x-amz-crc32"), response.body, operation)
         if response.status == 200:
-            return json.loads(response.body)
+            return json_codec.decode(response.body)
         raise _error_from(operation, response.status, response.body)
 
 
