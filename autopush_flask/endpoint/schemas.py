@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, fields, pre_load, validate
+from marshmallow import EXCLUDE, Schema, fields, missing, validate
 
 from autopush_flask import urgency
 from autopush_flask.crypto.crypto_key_header import parse_crypto_params
@@ -126,11 +126,21 @@ class PushHeadersSchema(Schema):
         },
     )
 
-    @pre_load
-    def require_ttl(self, data: dict, **kwargs: Any) -> dict:
-        if "TTL" not in data:
+    def load_headers(self, headers: dict[str, str]) -> dict[str, Any]:
+        """The fields of ``headers`` (keyed by header name), loaded one by one in
+        declaration order: the first failure raises its ``PushError``.
+
+        What ``load`` would give, with ``TTL`` required first: every field
+        here raises at once instead of collecting errors, and there is no
+        other hook, so ``load``'s machinery around the fields (hooks, error
+        store, unknown keys) had nothing to do but was 3 % of the endpoint's
+        instructions per push (tests/unit/test_push_headers.py).
+        """
+        if "TTL" not in headers:
             raise PushError(MISSING_TTL)
-        return data
+        return {
+            name: field.deserialize(headers.get(field.data_key or name, missing)) for name, field in self.fields.items()
+        }
 
 
 class PushPathSchema(Schema):
@@ -191,14 +201,22 @@ class PushHeaders:
 PUSH_HEADERS = PushHeadersSchema()
 
 
-def parse_push_headers(headers: Any, has_body: bool, max_ttl: int) -> PushHeaders:
-    """Validate TTL, Topic, Urgency and, with a body, the encoding headers (docs/protocol.md#push-headers)."""
-    values = PUSH_HEADERS.load({name: headers[name] for name in _HEADER_NAMES if name in headers})
+def parse_push_headers(environ: dict[str, Any], has_body: bool, max_ttl: int) -> PushHeaders:
+    """Validate TTL, Topic, Urgency and, with a body, the encoding headers (docs/protocol.md#push-headers).
+
+    Read from the WSGI environ, where the server put them (a repeated header
+    joined with commas): what werkzeug's request headers would give, without
+    the lookup object it builds for each name.
+    """
+    values = PUSH_HEADERS.load_headers({name: environ[key] for name, key in _HEADER_ENVIRON if key in environ})
     crypto_headers = _crypto_headers(values) if has_body else None
     return PushHeaders(min(values["ttl"], max_ttl), values["topic"], crypto_headers, values["urgency"])
 
 
-_HEADER_NAMES = [field.data_key or name for name, field in PUSH_HEADERS.fields.items()]
+_HEADER_ENVIRON = [
+    (name, "HTTP_" + name.upper().replace("-", "_"))
+    for name in (field.data_key or key for key, field in PUSH_HEADERS.fields.items())
+]
 
 
 def _params(header: str | None) -> list[dict[str, str]] | None:

@@ -62,7 +62,7 @@ def push(api_version: str, token: str) -> Response:
     user, channels = _load_user(state, subscription.uaid_text)
     _check_subscription(state, user, channels, subscription)
     body = read_body(state.settings.max_data, PAYLOAD_TOO_LARGE)
-    headers = parse_push_headers(request.headers, bool(body), state.settings.max_notification_ttl)
+    headers = parse_push_headers(request.environ, bool(body), state.settings.max_notification_ttl)
     sender = _sender(state, vapid)
     delivery = state.dispatcher.dispatch(user, _notification(subscription, headers, body, sender))
     if user.router_type != WEBPUSH:
@@ -218,11 +218,13 @@ class Created(Response):
     was 3 % of the endpoint worker's CPU per push. The rest of what
     ``get_wsgi_headers`` does is for bodies that are not set yet, 1xx, 204 and
     304 answers, none of which this is: the constructor already set
-    ``Content-Length``.
+    ``Content-Length``. And werkzeug copies the headers first so that its
+    changes stay off the response; with none to make, the response's own
+    headers are written as they are.
     """
 
     def get_wsgi_headers(self, environ: dict) -> Headers:
-        return Headers(self.headers)
+        return self.headers
 
 
 def _created(state: EndpointState, message_id: str, ttl: int) -> Response:
