@@ -216,13 +216,10 @@ class RouterHandler(WSGIHandler):
         line = _PUSH_REQUEST_LINE.match(buffered)
         if line is None:
             return None
-        start = line.end()
-        end = buffered.find(b"\r\n\r\n", start)
-        if end < 0 or buffered.count(b"\n", start, end + 4) > MAX_HEADERS:  # header lines and the blank one
+        head = _plain_fields(buffered, line.end())
+        if head is None:
             return None
-        if _PLAIN_HEAD.fullmatch(buffered, start, end + 4) is None:
-            return None
-        pairs = _PLAIN_HEAD_FIELD.findall(buffered, start, end + 4)
+        end, pairs = head
         fields = {name.decode("ascii").lower(): value.decode("ascii") for name, value in pairs}
         length = fields.get("content-length", "")
         push_path = getattr(self.server.application, "extensions", {}).get(PUSH_PATH_KEY)
@@ -234,7 +231,7 @@ class RouterHandler(WSGIHandler):
             or fields.get("connection", "keep-alive").lower() != "keep-alive"
         ):
             return None
-        rfile.read(end + 4)
+        rfile.read(end)
         signature = {name: fields[name.lower()] for name in _SIGNATURE_NAMES if name.lower() in fields}
         return line[1].decode("ascii"), line[2].decode("ascii"), signature, int(length)
 
@@ -551,24 +548,30 @@ def read_headers(fp: Any) -> Any:
 
 
 def _plain_head(fp: Any) -> PlainHead | None:
-    """The head when all of it is buffered and plain (CRLF lines within the
-    header limit), read past; else ``None`` with nothing read."""
+    """The head when all of it is buffered and plain, read past; else ``None`` with nothing read."""
     peek = getattr(fp, "peek", None)
     if peek is None:
         return None
-    buffered = peek(1)  # what is buffered; one read of the socket when nothing is
-    if buffered.startswith(b"\r\n"):
-        length = 2  # no header at all
-    elif (end := buffered.find(b"\r\n\r\n")) >= 0:
-        length = end + 4
-    else:
+    head = _plain_fields(peek(1), 0)  # what is buffered; one read of the socket when nothing is
+    if head is None:
         return None
-    if buffered.count(b"\n", 0, length) > MAX_HEADERS or _PLAIN_HEAD.fullmatch(buffered, 0, length) is None:
+    end, pairs = head
+    fp.read(end)
+    return PlainHead([(name.decode("ascii"), value.decode("ascii")) for name, value in pairs])
+
+
+def _plain_fields(buffered: bytes, start: int) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    """Where the head starting at ``start`` ends (past its blank line) and its
+    fields, when all of it is in ``buffered`` in plain CRLF lines within
+    gevent's header count; else ``None``."""
+    if buffered.startswith(b"\r\n", start):
+        return start + 2, []  # no header at all
+    end = buffered.find(b"\r\n\r\n", start) + 4
+    if end < 4 or buffered.count(b"\n", start, end) > MAX_HEADERS:  # header lines and the blank one
         return None
-    fields = [
-        (name.decode("ascii"), value.decode("ascii")) for name, value in _PLAIN_HEAD_FIELD.findall(fp.read(length))
-    ]
-    return PlainHead(fields)
+    if _PLAIN_HEAD.fullmatch(buffered, start, end) is None:
+        return None
+    return end, _PLAIN_HEAD_FIELD.findall(buffered, start, end)
 
 
 # A PUT /push request line with nothing to unquote in its UAID segment (``RouterHandler``).
